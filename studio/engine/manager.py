@@ -1,0 +1,463 @@
+"""The pipeline manager: the one object that owns the loaded Wan pipeline.
+
+Everything that touches the model goes through here, under one lock:
+
+- ``load_model`` loads a pipeline (switching models unloads the old one first);
+- ``apply_stack`` makes the loaded LoRA adapters match a :class:`~studio.stack.Stack`
+  as a *diff*: a changed weight only sets adapter scales, a new file is read once and
+  loaded only into the expert(s) it applies to, a removed one is deleted, and the base
+  model is never reloaded;
+- ``render`` runs a :class:`RenderRequest` with per-step progress and cooperative cancel.
+
+The UI and CLI never hold model state; they build requests and call these methods.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from studio.engine.plan import AdapterPlan, plan_stack
+from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
+from studio.loras.safetensors_io import load_state_dict
+from studio.loras.sources import FileIdentity
+from studio.models import ModelSpec, pipeline_source, resolve_model
+from studio.settings import Settings
+from studio.stack import RenderSettings, Stack
+
+COMPONENT_OF = {"high": "transformer", "low": "transformer_2"}
+
+
+class CancelToken:
+    """Set by the UI/CLI to stop a render between denoising steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    step: int  # 1-based
+    total: int
+    timestep: float
+    expert: str  # "high" or "low"
+    latents: Any = None  # a CPU copy, only when the request asks for it
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    image: Any  # a PIL image (already loaded and checked by studio.images)
+    settings: RenderSettings
+    stack: Stack = field(default_factory=Stack)
+    fuse: bool = False  # fuse the LoRAs into the weights for the render (fastest per step)
+    decode: bool = True  # False: stop at latents (tests, comparisons of LoRA effects)
+    capture_step_latents: bool = False
+
+
+@dataclass
+class LoadedLora:
+    """One adapter in one expert."""
+
+    adapter: str
+    component: str
+    identity: FileIdentity
+    sha256: str
+
+
+@dataclass
+class RenderResult:
+    settings: RenderSettings  # with the seed actually used
+    latents: Any  # torch tensor on CPU
+    frames: np.ndarray | None  # [F, H, W, 3] uint8, None when not decoded
+    experts_per_step: list[str]
+    loras: list[dict[str, Any]]
+    timings: dict[str, float]
+    model: dict[str, Any]
+
+
+ProgressFn = Callable[[StepEvent], None]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class PipelineManager:
+    def __init__(self, settings: Settings, *, device: str | None = None) -> None:
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._device = device
+        self.pipe = None
+        self.spec: ModelSpec | None = None
+        self._loras: dict[tuple[str, str], LoadedLora] = {}  # (component, adapter) -> loaded
+        self._weights: dict[str, dict[str, float]] = {}  # component -> adapter -> active weight
+        self._fused = False
+        self._shift: float | None = None
+        # Counters that tests and benchmarks read.
+        self.lora_file_reads = 0
+        self.model_loads = 0
+
+    # ----------------------------------------------------------------- model
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            import torch
+
+            self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        return self._device
+
+    def load_model(self, name_or_folder: str | None = None) -> ModelSpec:
+        """Load a model by registry name or folder; a no-op when it is already loaded."""
+        from studio.models import default_model_name
+
+        spec = resolve_model(name_or_folder or default_model_name(self.settings))
+        with self._lock:
+            if self.spec is not None and self.spec.name == spec.name and self.pipe is not None:
+                return spec
+            self.unload()
+            source = pipeline_source(spec, self.settings)
+            self.pipe = self._from_pretrained(spec, source)
+            self.spec = spec
+            self.model_loads += 1
+            return spec
+
+    def _from_pretrained(self, spec: ModelSpec, source: Path):
+        import torch
+        from diffusers import WanImageToVideoPipeline
+
+        dtype = getattr(torch, spec.dtype) if self.device != "cpu" else torch.float32
+        try:
+            pipe = WanImageToVideoPipeline.from_pretrained(source, dtype=dtype)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(
+                f"The model in {source} could not be loaded ({exc}). If it was downloaded partially, "
+                "download it again."
+            ) from None
+        pipe.set_progress_bar_config(disable=True)
+        if self.device == "cuda":
+            if spec.is_demo:
+                pipe.to("cuda")
+            else:
+                pipe.enable_model_cpu_offload()
+        return pipe
+
+    def unload(self) -> None:
+        with self._lock:
+            self.pipe = None
+            self.spec = None
+            self._loras.clear()
+            self._weights.clear()
+            self._fused = False
+            self._shift = None
+            gc.collect()
+            _empty_cuda_cache()
+
+    def _require_model(self) -> None:
+        if self.pipe is None:
+            self.load_model()
+
+    def components(self) -> dict[str, str]:
+        """Expert → pipeline component name for the loaded model."""
+        assert self.spec is not None
+        if self.spec.experts == 2:
+            return dict(COMPONENT_OF)
+        return {"high": "transformer"}
+
+    # ----------------------------------------------------------------- LoRAs
+    def loaded_adapters(self) -> dict[str, list[str]]:
+        """Component → adapter names currently loaded (for tests and the UI)."""
+        out: dict[str, list[str]] = {}
+        for component, adapter in self._loras:
+            out.setdefault(component, []).append(adapter)
+        return out
+
+    def active_weights(self) -> dict[str, dict[str, float]]:
+        return {c: dict(w) for c, w in self._weights.items()}
+
+    def apply_stack(self, stack: Stack, *, fuse: bool = False) -> AdapterPlan:
+        """Make the loaded adapters and their weights match ``stack`` (a diff, see module doc)."""
+        with self._lock:
+            self._require_model()
+            plan = plan_stack(
+                stack,
+                roots=self.settings.resolved_lora_dirs(),
+                components=self.components(),
+                loaded={key: lora.identity for key, lora in self._loras.items()},
+            )
+            unchanged = (
+                plan.weights == self._weights
+                and not plan.to_load
+                and not plan.to_delete
+                and fuse == self._fused
+            )
+            if unchanged:
+                return plan
+            if self._fused:
+                self._unfuse()
+            self._delete(plan.to_delete)
+            self._load(plan)
+            self._set_weights(plan.weights)
+            if fuse:
+                self._fuse()
+            return plan
+
+    def _delete(self, keys) -> None:
+        by_component: dict[str, list[str]] = {}
+        for component, adapter in keys:
+            by_component.setdefault(component, []).append(adapter)
+            self._loras.pop((component, adapter), None)
+        for component, adapters in by_component.items():
+            model = getattr(self.pipe, component)
+            if not any(c == component for c, _ in self._loras):
+                # Nothing left in this expert: remove the LoRA layers entirely, so the
+                # base model runs at full speed and no memory is left behind.
+                model.unload_lora()
+            else:
+                model.delete_adapters(adapters)
+        if keys:
+            gc.collect()
+
+    def _load(self, plan: AdapterPlan) -> None:
+        from studio.loras.sources import FileIdentity  # noqa: F401 (documented type)
+
+        for identity, targets in plan.to_load.items():
+            state_dict = load_state_dict(identity.path)
+            self.lora_file_reads += 1
+            sha = _sha256(identity.path)
+            for component, adapter in targets:
+                try:
+                    self.pipe.load_lora_weights(
+                        state_dict,
+                        adapter_name=adapter,
+                        load_into_transformer_2=component == "transformer_2",
+                    )
+                except StudioError:
+                    raise
+                except Exception as exc:
+                    raise _lora_load_error(identity.path, exc) from None
+                self._loras[(component, adapter)] = LoadedLora(adapter, component, identity, sha)
+            del state_dict
+
+    def _set_weights(self, weights: dict[str, dict[str, float]]) -> None:
+        for component in self.components().values():
+            model = getattr(self.pipe, component)
+            wanted = weights.get(component, {})
+            has_adapters = any(c == component for c, _ in self._loras)
+            if not has_adapters:
+                continue
+            if wanted:
+                model.enable_lora()
+                model.set_adapters(list(wanted), list(wanted.values()))
+            else:
+                model.disable_lora()
+        self._weights = {c: dict(w) for c, w in weights.items() if w}
+
+    def _fuse(self) -> None:
+        for component, weights in self._weights.items():
+            if weights:
+                getattr(self.pipe, component).fuse_lora()
+        self._fused = True
+
+    def _unfuse(self) -> None:
+        for component, weights in self._weights.items():
+            if weights:
+                getattr(self.pipe, component).unfuse_lora()
+        self._fused = False
+
+    def lora_records(self) -> list[dict[str, Any]]:
+        """What the active adapters are, for sidecars: file, sha256, expert, weight."""
+        expert_of = {c: e for e, c in self.components().items()}
+        records = []
+        for component, weights in self._weights.items():
+            for adapter, weight in weights.items():
+                lora = self._loras[(component, adapter)]
+                records.append(
+                    {
+                        "expert": expert_of[component],
+                        "adapter": adapter,
+                        "file": str(lora.identity.path),
+                        "size": lora.identity.size,
+                        "sha256": lora.sha256,
+                        "weight": weight,
+                    }
+                )
+        return records
+
+    # ---------------------------------------------------------------- render
+    def render(
+        self,
+        request: RenderRequest,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+    ) -> RenderResult:
+        """Render ``request``; raises RenderCancelled, OutOfMemory or another StudioError."""
+        import torch
+
+        cancel = cancel or CancelToken()
+        with self._lock:
+            self._require_model()
+            spec = self.spec
+            settings = request.settings.with_seed()
+            self._check_settings(settings)
+            timings: dict[str, float] = {}
+            t0 = time.perf_counter()
+            self.apply_stack(request.stack, fuse=request.fuse)
+            timings["apply_stack_s"] = time.perf_counter() - t0
+            if cancel.cancelled:
+                raise RenderCancelled()
+            self._set_shift(settings.shift)
+
+            from studio.images import fit_image
+
+            image = fit_image(request.image, settings.width, settings.height)
+            experts: list[str] = []
+            boundary = (spec.boundary_ratio or 0.0) * self.pipe.scheduler.config.num_train_timesteps
+            two_experts = spec.experts == 2 and spec.boundary_ratio is not None
+
+            def on_step(pipe, i, t, kwargs):
+                expert = "high" if (not two_experts or float(t) >= boundary) else "low"
+                experts.append(expert)
+                if progress is not None:
+                    latents = (
+                        kwargs["latents"].detach().float().cpu().clone()
+                        if request.capture_step_latents
+                        else None
+                    )
+                    progress(StepEvent(i + 1, settings.steps, float(t), expert, latents))
+                if cancel.cancelled:
+                    pipe._interrupt = True
+                return {}
+
+            generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+            t1 = time.perf_counter()
+            try:
+                out = self.pipe(
+                    image=image,
+                    prompt=settings.prompt,
+                    negative_prompt=settings.negative_prompt or None,
+                    height=settings.height,
+                    width=settings.width,
+                    num_frames=settings.frames,
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance,
+                    guidance_scale_2=settings.effective_guidance_low if two_experts else None,
+                    generator=generator,
+                    output_type="latent",
+                    callback_on_step_end=on_step,
+                    return_dict=True,
+                )
+            except torch.OutOfMemoryError:
+                self._recover_from_oom()
+                raise OutOfMemory(_oom_advice(settings)) from None
+            finally:
+                self.pipe._interrupt = False
+            timings["denoise_s"] = time.perf_counter() - t1
+            if cancel.cancelled:
+                raise RenderCancelled()
+            latents = out.frames
+            frames = None
+            if request.decode:
+                t2 = time.perf_counter()
+                try:
+                    frames = self.decode(latents)
+                except torch.OutOfMemoryError:
+                    self._recover_from_oom()
+                    raise OutOfMemory(_oom_advice(settings)) from None
+                timings["decode_s"] = time.perf_counter() - t2
+            timings["total_s"] = time.perf_counter() - t0
+            return RenderResult(
+                settings=settings,
+                latents=latents.detach().float().cpu(),
+                frames=frames,
+                experts_per_step=experts,
+                loras=self.lora_records(),
+                timings=timings,
+                model={"name": spec.name, "repo_id": spec.repo_id, "label": spec.label, "demo": spec.is_demo},
+            )
+
+    def decode(self, latents) -> np.ndarray:
+        """Latents → uint8 frames [F, H, W, 3], exactly as the pipeline would decode them."""
+        import torch
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        vae = self.pipe.vae
+        with torch.no_grad():
+            latents = latents.to(device=get_module_execution_device(vae), dtype=vae.dtype)
+            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1)
+            std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1)
+            latents = latents * std.to(latents) + mean.to(latents)
+            video = vae.decode(latents, return_dict=False)[0]
+            frames = self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
+        self.pipe.maybe_free_model_hooks()
+        return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+    def _set_shift(self, shift: float) -> None:
+        if self._shift == shift:
+            return
+        from diffusers import UniPCMultistepScheduler
+
+        config = dict(self.pipe.scheduler.config)
+        config["flow_shift"] = shift
+        self.pipe.scheduler = UniPCMultistepScheduler.from_config(config)
+        self._shift = shift
+
+    def _check_settings(self, settings: RenderSettings) -> None:
+        multiple = self.spec.size_multiple
+        if settings.width % multiple or settings.height % multiple:
+            raise ValidationError(
+                f"{self.spec.label} needs width and height in multiples of {multiple}; "
+                f"{settings.width}×{settings.height} is not. Try "
+                f"{settings.width // multiple * multiple or multiple}×{settings.height // multiple * multiple or multiple}."
+            )
+
+    def _recover_from_oom(self) -> None:
+        self.pipe._interrupt = False
+        gc.collect()
+        _empty_cuda_cache()
+
+
+def _empty_cuda_cache() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def _oom_advice(settings: RenderSettings) -> str:
+    return (
+        f"The GPU ran out of memory rendering {settings.frames} frames at {settings.width}×{settings.height}. "
+        "Try fewer frames, a lower resolution, a memory mode with offloading, or VAE tiling; the model "
+        "is still loaded and the next render can go ahead."
+    )
+
+
+def _lora_load_error(path: Path, exc: Exception) -> StudioError:
+    from studio.errors import LoraFileError
+
+    return LoraFileError(
+        f"{path.name} could not be loaded into the model ({type(exc).__name__}: {exc}). "
+        "It may be a LoRA for another model or a format the studio does not support."
+    )

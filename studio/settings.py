@@ -1,0 +1,55 @@
+"""Where the studio keeps things, and which model it runs: from flags, env vars and defaults.
+
+Environment variables (a Space sets these in its settings):
+
+- ``STUDIO_MODEL``: a registry name (``demo``, ``wan2.2-i2v-a14b``, ``wan2.2-ti2v-5b``) or a
+  local folder holding a diffusers Wan pipeline. Unset: the real A14B when CUDA is present
+  and its weights are on disk, else ``demo``.
+- ``STUDIO_LORA_DIRS``: extra LoRA folders, separated by ``os.pathsep`` (``:`` on Linux).
+- ``STUDIO_OUTPUTS``: where renders are written (default ``./outputs``).
+- ``STUDIO_CACHE``: where the demo model and other caches live (default ``./.studio-cache``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _split_dirs(value: str | None) -> list[Path]:
+    if not value:
+        return []
+    return [Path(p).expanduser() for p in value.split(os.pathsep) if p.strip()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    lora_dirs: tuple[Path, ...] = (Path("loras"),)
+    outputs_dir: Path = Path("outputs")
+    cache_dir: Path = Path(".studio-cache")
+    model: str | None = None  # None: pick the default (see studio.models.default_model_name)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
+        env = os.environ if environ is None else environ
+        lora_dirs = [Path("loras"), *_split_dirs(env.get("STUDIO_LORA_DIRS"))]
+        settings = cls(
+            lora_dirs=tuple(dict.fromkeys(lora_dirs)),
+            outputs_dir=Path(env.get("STUDIO_OUTPUTS") or "outputs"),
+            cache_dir=Path(env.get("STUDIO_CACHE") or ".studio-cache"),
+            model=env.get("STUDIO_MODEL") or None,
+        )
+        return settings.with_(**{k: v for k, v in overrides.items() if v is not None})
+
+    def with_(self, **changes) -> Settings:
+        if "lora_dirs" in changes:
+            changes["lora_dirs"] = tuple(dict.fromkeys(Path(p) for p in changes["lora_dirs"]))
+        for key in ("outputs_dir", "cache_dir"):
+            if key in changes:
+                changes[key] = Path(changes[key])
+        return replace(self, **changes)
+
+    def resolved_lora_dirs(self) -> list[Path]:
+        return [p.expanduser().resolve() for p in self.lora_dirs]

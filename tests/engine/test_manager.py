@@ -1,0 +1,177 @@
+"""The pipeline manager on the demo model: stack diffs, expert routing, fuse, cancel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from studio.engine.manager import CancelToken, PipelineManager, RenderRequest
+from studio.errors import LoraFileError, RenderCancelled, ValidationError
+from studio.stack import LoraSource, RenderSettings, Stack, StackEntry
+
+SETTINGS = RenderSettings(prompt="a cat walking", negative_prompt="blurry", width=32, height=32, frames=9,
+                          steps=4, guidance=3.0, guidance_low=2.0, shift=5.0, seed=42)
+
+
+@pytest.fixture()
+def manager(settings):
+    mgr = PipelineManager(settings, device="cpu")
+    mgr.load_model("demo")
+    return mgr
+
+
+def latents(manager, start_image, stack=None, **kw):
+    request = RenderRequest(image=start_image, settings=SETTINGS, stack=stack or Stack(), decode=False, **kw)
+    return manager.render(request).latents
+
+
+def step_latents(manager, start_image, stack):
+    seen = []
+    request = RenderRequest(image=start_image, settings=SETTINGS, stack=stack, decode=False,
+                            capture_step_latents=True)
+    result = manager.render(request, progress=seen.append)
+    return [e.latents for e in seen], result
+
+
+def test_demo_steps_run_two_on_each_expert(manager, start_image):
+    seen = []
+    result = manager.render(RenderRequest(image=start_image, settings=SETTINGS, decode=False), progress=seen.append)
+    assert result.experts_per_step == ["high", "high", "low", "low"]
+    assert [e.step for e in seen] == [1, 2, 3, 4] and seen[0].total == 4
+    assert result.settings.seed == 42
+
+
+def test_render_is_deterministic_for_a_seed(manager, start_image):
+    assert torch.equal(latents(manager, start_image), latents(manager, start_image))
+
+
+def test_weight_change_reads_no_file_and_keeps_the_model(manager, start_image, make_lora):
+    path = make_lora("style.safetensors")
+    entry = StackEntry.single(path, 1.0, 1.0, name="Style")
+    first = latents(manager, start_image, Stack(entries=[entry]))
+    reads, loads, model = manager.lora_file_reads, manager.model_loads, manager.pipe.transformer
+    assert reads == 1  # read once, loaded into both experts
+    assert len(manager.loaded_adapters()["transformer"]) == 1
+    assert len(manager.loaded_adapters()["transformer_2"]) == 1
+
+    changed = Stack(entries=[entry.model_copy(update={"weight_high": 0.4, "weight_low": 1.7})])
+    second = latents(manager, start_image, changed)
+    assert manager.lora_file_reads == reads and manager.model_loads == loads
+    assert manager.pipe.transformer is model
+    assert not torch.allclose(first, second)
+    weights = manager.active_weights()
+    assert list(weights["transformer"].values()) == [0.4] and list(weights["transformer_2"].values()) == [1.7]
+
+    # Disabling and re-enabling is also just a scale change.
+    latents(manager, start_image, Stack(entries=[entry.model_copy(update={"enabled": False})]))
+    again = latents(manager, start_image, Stack(entries=[entry]))
+    assert manager.lora_file_reads == reads
+    assert torch.allclose(first, again, atol=1e-6)
+
+
+def test_low_only_lora_leaves_the_high_noise_steps_alone(manager, start_image, make_lora):
+    path = make_lora("low.safetensors", seed=1)
+    base_steps, _ = step_latents(manager, start_image, Stack())
+    low_only = Stack(entries=[StackEntry(name="low", low=LoraSource.local(path), weight_high=0.0, weight_low=1.0)])
+    steps, result = step_latents(manager, start_image, low_only)
+    assert "transformer" not in manager.loaded_adapters()
+    assert result.experts_per_step == ["high", "high", "low", "low"]
+    assert torch.equal(steps[0], base_steps[0]) and torch.equal(steps[1], base_steps[1])
+    assert not torch.allclose(steps[2], base_steps[2])
+
+
+def test_high_only_lora_changes_the_first_step(manager, start_image, make_lora):
+    path = make_lora("high.safetensors", seed=2)
+    base_steps, _ = step_latents(manager, start_image, Stack())
+    steps, _ = step_latents(manager, start_image, Stack(entries=[StackEntry.single(path, 1.0, 0.0)]))
+    assert "transformer_2" not in manager.loaded_adapters()
+    assert not torch.allclose(steps[0], base_steps[0])
+
+
+def test_different_high_and_low_weights_give_different_latents(manager, start_image, make_lora):
+    path = make_lora()
+    a = latents(manager, start_image, Stack(entries=[StackEntry.single(path, 1.0, 0.2)]))
+    b = latents(manager, start_image, Stack(entries=[StackEntry.single(path, 0.2, 1.0)]))
+    assert not torch.allclose(a, b)
+
+
+def test_weight_zero_equals_no_lora(manager, start_image, make_lora):
+    path = make_lora()
+    base = latents(manager, start_image)
+    entry = StackEntry.single(path, 1.0, 1.0)
+    latents(manager, start_image, Stack(entries=[entry]))  # loaded...
+    zero = latents(manager, start_image, Stack(entries=[entry.model_copy(update={"weight_high": 0.0, "weight_low": 0.0})]))
+    assert torch.allclose(base, zero, atol=1e-6)
+
+
+def test_removed_lora_is_deleted_and_the_base_model_restored(manager, start_image, make_lora):
+    path = make_lora()
+    base = latents(manager, start_image)
+    latents(manager, start_image, Stack(entries=[StackEntry.single(path)]))
+    after = latents(manager, start_image, Stack())
+    assert manager.loaded_adapters() == {}
+    assert torch.allclose(base, after, atol=1e-6)
+    assert manager.model_loads == 1
+
+
+def test_fused_and_unfused_give_the_same_latents(manager, start_image, make_lora):
+    a, b = make_lora("a.safetensors", seed=3), make_lora("b.safetensors", seed=4)
+    stack = Stack(entries=[StackEntry.single(a, 0.8, 0.5), StackEntry.pair(a, b, 0.3, 1.2)])
+    unfused = latents(manager, start_image, stack)
+    fused = latents(manager, start_image, stack, fuse=True)
+    assert torch.allclose(unfused, fused, atol=1e-5)
+    unfused_again = latents(manager, start_image, stack)  # unfusing restores the weights
+    assert torch.allclose(unfused, unfused_again, atol=1e-5)
+    assert manager.lora_file_reads == 2
+
+
+def test_pair_puts_each_file_on_its_expert(manager, start_image, make_lora):
+    high, low = make_lora("x_high_noise.safetensors", seed=5), make_lora("x_low_noise.safetensors", seed=6)
+    latents(manager, start_image, Stack(entries=[StackEntry.pair(high, low)]))
+    records = {r["expert"]: r["file"] for r in manager.lora_records()}
+    assert records == {"high": str(high.resolve()), "low": str(low.resolve())}
+    assert all(len(r["sha256"]) == 64 for r in manager.lora_records())
+
+
+def test_cancel_stops_the_render_and_the_next_one_works(manager, start_image):
+    token = CancelToken()
+    steps = []
+
+    def progress(event):
+        steps.append(event.step)
+        if event.step == 2:
+            token.cancel()
+
+    with pytest.raises(RenderCancelled):
+        manager.render(RenderRequest(image=start_image, settings=SETTINGS), progress=progress, cancel=token)
+    assert steps == [1, 2]
+    result = manager.render(RenderRequest(image=start_image, settings=SETTINGS))
+    assert result.frames.shape == (9, 32, 32, 3)
+
+
+def test_missing_lora_file_is_a_clear_error(manager, start_image, lora_dir):
+    stack = Stack(entries=[StackEntry.single(lora_dir / "gone.safetensors", name="Gone")])
+    with pytest.raises(LoraFileError, match="Gone: .*not found"):
+        latents(manager, start_image, stack)
+    assert manager.render(RenderRequest(image=start_image, settings=SETTINGS, decode=False)).latents is not None
+
+
+def test_path_outside_the_lora_folders_is_refused(manager, start_image, tmp_path, make_lora):
+    outside = tmp_path / "elsewhere.safetensors"
+    make_lora().rename(outside)
+    for text in (str(outside), "../elsewhere.safetensors"):
+        with pytest.raises(LoraFileError, match="outside the LoRA folders"):
+            manager.apply_stack(Stack(entries=[StackEntry(name="x", high=LoraSource(path=text))]))
+
+
+def test_size_must_fit_the_model(manager, start_image):
+    manager.spec = manager.spec.__class__(**{**manager.spec.__dict__, "size_multiple": 32})
+    with pytest.raises(ValidationError, match="multiples of 32"):
+        manager.render(RenderRequest(image=start_image, settings=SETTINGS.model_copy(update={"width": 48})))
+
+
+def test_switching_models_unloads_the_old_one(manager, demo_model_dir):
+    old = manager.pipe
+    spec = manager.load_model(str(demo_model_dir))
+    assert manager.pipe is not old and manager.model_loads == 2 and spec.folder == demo_model_dir
+    assert manager.load_model(str(demo_model_dir)) is spec or manager.model_loads == 2
