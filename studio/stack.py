@@ -10,7 +10,7 @@ The order matters to the user (it is how they think about the stack) but not to
 the maths: LoRA deltas add up.
 
 Validation here is about the values themselves. Whether the files exist is checked
-by :func:`missing_files`, because a stack read from a preset on another machine is
+by :func:`studio.loras.sources.missing_files`, because a stack read from a preset on another machine is
 still a valid stack.
 """
 
@@ -42,13 +42,13 @@ Expert = Literal["high", "low"]
 EXPERTS: tuple[Expert, Expert] = ("high", "low")
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     """Base for files users may edit by hand: unknown fields are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-class LoraSource(_Strict):
+class LoraSource(StrictModel):
     """Where a LoRA file comes from: a local path, or a file of a Hub repo.
 
     ``path`` is absolute or relative to one of the LoRA folders. A Hub source names
@@ -90,7 +90,7 @@ def _new_entry_id() -> str:
     return secrets.token_hex(4)
 
 
-class StackEntry(_Strict):
+class StackEntry(StrictModel):
     """One LoRA in the stack, with a source and a weight per expert."""
 
     id: str = Field(default_factory=_new_entry_id, pattern=r"^[A-Za-z0-9_-]{1,32}$")
@@ -157,7 +157,7 @@ class StackEntry(_Strict):
         )
 
 
-class Stack(_Strict):
+class Stack(StrictModel):
     """An ordered list of LoRA entries."""
 
     version: Literal[1] = STACK_SCHEMA_VERSION
@@ -169,6 +169,35 @@ class Stack(_Strict):
         if len(ids) != len(set(ids)):
             raise ValueError("two stack entries share an id; give each entry its own id")
         return self
+
+    def index(self, entry_id: str) -> int:
+        for i, entry in enumerate(self.entries):
+            if entry.id == entry_id:
+                return i
+        raise ValidationError("That LoRA is no longer in the stack; refresh the page.")
+
+    def added(self, entry: StackEntry) -> Stack:
+        return Stack(entries=[*self.entries, entry])
+
+    def removed(self, entry_id: str) -> Stack:
+        i = self.index(entry_id)
+        return Stack(entries=self.entries[:i] + self.entries[i + 1 :])
+
+    def moved(self, entry_id: str, delta: int) -> Stack:
+        """The entry moved ``delta`` places (negative = up), clamped to the ends."""
+        entries = list(self.entries)
+        i = self.index(entry_id)
+        j = max(0, min(len(entries) - 1, i + delta))
+        entries.insert(j, entries.pop(i))
+        return Stack(entries=entries)
+
+    def updated(self, entry_id: str, **changes: Any) -> Stack:
+        """The entry with ``changes`` applied (validated: a bad weight raises our ValidationError)."""
+        entries = list(self.entries)
+        i = self.index(entry_id)
+        data = {**entries[i].model_dump(), **changes}
+        entries[i] = parse_model(StackEntry, data, "stack entry")
+        return Stack(entries=entries)
 
     def active(self) -> list[StackEntry]:
         return [e for e in self.entries if e.applies_to()]
@@ -187,7 +216,7 @@ class Stack(_Strict):
         return parse_model(cls, text, "stack")
 
 
-class RenderSettings(_Strict):
+class RenderSettings(StrictModel):
     """What to render, apart from the start image and the stack."""
 
     version: Literal[1] = SETTINGS_SCHEMA_VERSION
@@ -278,7 +307,7 @@ def describe_validation_error(error: PydanticValidationError, what: str) -> str:
         if item["type"] == "extra_forbidden":
             msg = "is not a known field (check its spelling)"
         problems.append(f"{loc}: {msg}")
-    return f"The {what} is not valid: " + "; ".join(problems) + "."
+    return f"Invalid {what}: " + "; ".join(problems) + "."
 
 
 def parse_model(model: type[BaseModel], data: str | dict[str, Any], what: str):

@@ -91,3 +91,17 @@ def test_seed_is_drawn_once_and_kept():
     settings = RenderSettings(seed=None).with_seed()
     assert settings.seed is not None
     assert settings.with_seed().seed == settings.seed
+
+
+def test_stack_edits_return_new_stacks_by_entry_id():
+    a, b, c = (StackEntry.single(f"{n}.safetensors", name=n) for n in "abc")
+    stack = Stack(entries=[a, b]).added(c)
+    assert [e.name for e in stack.entries] == ["a", "b", "c"]
+    assert [e.name for e in stack.moved(c.id, -1).entries] == ["a", "c", "b"]
+    assert [e.name for e in stack.moved(a.id, -5).entries] == ["a", "b", "c"]
+    assert [e.name for e in stack.removed(b.id).entries] == ["a", "c"]
+    assert stack.updated(b.id, weight_low=0.25).entries[1].weight_low == 0.25
+    with pytest.raises(ValidationError, match="weight_high"):
+        stack.updated(b.id, weight_high=99)
+    with pytest.raises(ValidationError, match="no longer in the stack"):
+        stack.removed("nope")

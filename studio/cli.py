@@ -1,0 +1,198 @@
+"""Headless command line: ``python -m studio render|demo-model|download``.
+
+Bad arguments and user errors print one line starting with ``error:`` and exit with
+status 2; a cancelled render (Ctrl-C) exits with 130 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from studio.errors import RenderCancelled, StudioError, ValidationError
+
+EXIT_USER_ERROR = 2
+EXIT_CANCELLED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one clear line, no usage dump
+        self.exit(
+            EXIT_USER_ERROR, f"error: {message} (see `python -m studio {self.prog.split()[-1]} --help`)\n"
+        )
+
+
+def parse_lora_arg(text: str):
+    """``FILE[:HIGH[:LOW]]`` → (path, high, low); LOW defaults to HIGH, HIGH to 1.0."""
+    parts = text.split(":")
+    weights: list[float] = []
+    while len(parts) > 1 and len(weights) < 2:
+        try:
+            weights.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    path = ":".join(parts)
+    if not path:
+        raise ValidationError(f"--lora {text!r} names no file; use FILE[:HIGH[:LOW]].")
+    high = weights[0] if weights else 1.0
+    low = weights[1] if len(weights) > 1 else high
+    return Path(path).expanduser(), high, low
+
+
+def _add_render(sub) -> None:
+    p = sub.add_parser("render", help="render one video from a start image")
+    p.add_argument("--image", required=True, help="start image (PNG, JPEG, WebP, ...)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative", default=None, help="negative prompt (default: the model's)")
+    p.add_argument("--model", default=None, help="demo, wan2.2-i2v-a14b, wan2.2-ti2v-5b or a folder")
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:HIGH[:LOW]]",
+        help="a LoRA with its high-noise and low-noise weight (repeatable; 0 = not on that expert)",
+    )
+    p.add_argument("--lora-dir", action="append", default=[], help="another LoRA folder (repeatable)")
+    p.add_argument("--preset", default=None, help="a preset file (stack and settings)")
+    p.add_argument("--frames", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--guidance", type=float, help="guidance of the high-noise expert (CFG on when > 1)")
+    p.add_argument("--guidance-low", type=float, help="guidance of the low-noise expert")
+    p.add_argument("--shift", type=float)
+    p.add_argument("--fps", type=int)
+    p.add_argument("--fuse", action="store_true", help="fuse the LoRAs into the weights (faster steps)")
+    p.add_argument("--out", required=True, help="the MP4 to write (OUT.json and OUT.start.png go beside it)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="studio", description="Wan LoRA Studio, headless.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_render(sub)
+    sub.add_parser("demo-model", help="build the offline demo model if needed and print its folder")
+    d = sub.add_parser("download", help="download a model's weights from the Hugging Face Hub")
+    d.add_argument("model", help="wan2.2-i2v-a14b or wan2.2-ti2v-5b")
+    return parser
+
+
+def _settings_for(args, spec, preset):
+    from studio.stack import RenderSettings, build
+
+    d = spec.defaults
+    values = {
+        "width": d.width, "height": d.height, "frames": d.frames, "steps": d.steps, "guidance": d.guidance,
+        "guidance_low": d.guidance_low, "shift": d.shift, "fps": d.fps, "negative_prompt": d.negative_prompt,
+    }  # fmt: skip
+    if preset is not None:
+        values.update(preset.settings)
+    flags = {
+        "prompt": args.prompt, "negative_prompt": args.negative, "width": args.width, "height": args.height,
+        "frames": args.frames, "steps": args.steps, "seed": args.seed, "guidance": args.guidance,
+        "guidance_low": args.guidance_low, "shift": args.shift, "fps": args.fps,
+    }  # fmt: skip
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return build(RenderSettings, "render settings", **values)
+
+
+def _stack_for(args, preset):
+    from studio.stack import Stack, StackEntry
+
+    entries = list(preset.stack.entries) if preset is not None else []
+    for text in args.lora:
+        path, high, low = parse_lora_arg(text)
+        if not path.is_file():
+            raise ValidationError(f"--lora {text!r}: the file {path} does not exist.")
+        if high == 0 and low == 0:
+            continue
+        entries.append(StackEntry.single(path.resolve(), high, low))
+    return Stack(entries=entries)
+
+
+def cmd_render(args) -> int:
+    from studio.engine.manager import CancelToken, PipelineManager, RenderRequest
+    from studio.images import load_start_image
+    from studio.outputs import save_render
+    from studio.presets import load_preset
+    from studio.settings import Settings
+
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() != ".mp4":
+        raise ValidationError(f"--out {args.out!r} must end in .mp4.")
+    for path in (out, out.with_suffix(".json"), out.with_suffix(".start.png")):
+        if path.exists():
+            raise ValidationError(
+                f"{path} already exists; choose another --out (nothing is ever overwritten)."
+            )
+    preset = load_preset(args.preset) if args.preset else None
+    model = args.model or (preset.model if preset else None)
+    lora_dirs = [Path(p).expanduser() for p in args.lora_dir]
+    lora_dirs += [parse_lora_arg(t)[0].parent for t in args.lora]
+    if args.preset:
+        lora_dirs.append(Path(args.preset).expanduser().resolve().parent)
+    settings = Settings.from_env(model=model)
+    settings = settings.with_(lora_dirs=[*settings.lora_dirs, *lora_dirs])
+    image = load_start_image(Path(args.image).expanduser())
+    stack = _stack_for(args, preset)
+
+    manager = PipelineManager(settings)
+    spec = manager.load_model(model)
+    render_settings = _settings_for(args, spec, preset)
+    if spec.is_demo:
+        print(f"note: {spec.note}", file=sys.stderr)
+
+    token = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())
+
+    def progress(event):
+        print(f"step {event.step}/{event.total} ({event.expert}-noise expert)", file=sys.stderr, flush=True)
+
+    try:
+        request = RenderRequest(image=image, settings=render_settings, stack=stack, fuse=args.fuse)
+        result = manager.render(request, progress=progress, cancel=token)
+        saved = save_render(request, result, video_path=out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(f"wrote {saved.video} ({render_settings.frames} frames, {result.timings['total_s']:.1f} s)")
+    print(f"wrote {saved.sidecar}")
+    return 0
+
+
+def cmd_demo_model(args) -> int:
+    from studio.demo_model import ensure_demo_model
+    from studio.settings import Settings
+
+    print(ensure_demo_model(Settings.from_env().cache_dir).resolve())
+    return 0
+
+
+def cmd_download(args) -> int:
+    from studio.models import download_model, resolve_model
+
+    spec = resolve_model(args.model)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done / 1e9:.2f} / {total / 1e9:.2f} GB", end="", file=sys.stderr, flush=True)
+
+    path = download_model(spec, progress)
+    print(f"\n{path}")
+    return 0
+
+
+COMMANDS = {"render": cmd_render, "demo-model": cmd_demo_model, "download": cmd_download}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RenderCancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR

@@ -1,0 +1,110 @@
+"""The studio as a service: what the UI and the API call.
+
+It owns the :class:`~studio.engine.manager.PipelineManager` (the model) and the cancel
+tokens of running renders, keyed by browser session, so one session's Cancel never stops
+another's render. UI handlers stay thin: they turn widget values into typed requests and
+call these methods.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, StepEvent
+from studio.loras.sources import list_lora_files
+from studio.models import REGISTRY, ModelSpec, cuda_available, local_weights, resolve_model
+from studio.outputs import SavedRender, save_render
+from studio.settings import Settings
+from studio.stack import RenderSettings, Stack
+
+
+@dataclass(frozen=True)
+class LibraryItem:
+    label: str  # path relative to its LoRA folder
+    path: Path
+
+
+class Studio:
+    def __init__(self, settings: Settings, manager: PipelineManager | None = None) -> None:
+        self.settings = settings
+        self.manager = manager or PipelineManager(settings)
+        self._tokens: dict[str, CancelToken] = {}
+        self._tokens_lock = threading.Lock()
+
+    # --------------------------------------------------------------- models
+    @property
+    def spec(self) -> ModelSpec:
+        if self.manager.spec is None:
+            self.manager.load_model(self.settings.model)
+        return self.manager.spec
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        choices = [(spec.label, name) for name, spec in REGISTRY.items()]
+        current = self.manager.spec
+        if current is not None and current.name not in REGISTRY:
+            choices.append((current.label, current.name))
+        return choices
+
+    def model_status(self, name: str) -> tuple[str, bool]:
+        """A sentence about model ``name`` and whether it can be loaded on this machine now."""
+        spec = resolve_model(name)
+        if spec.is_demo:
+            return spec.note, True
+        on_disk = local_weights(spec) is not None
+        if not on_disk:
+            return (
+                f"The weights of {spec.label} are not on this machine: about "
+                f"{spec.approx_download_bytes / 1e9:.0f} GB to download from {spec.repo_id}. {spec.note}",
+                False,
+            )
+        if not cuda_available():
+            return f"{spec.label} is on disk, but it needs an NVIDIA GPU and this machine has none.", False
+        return f"{spec.label} is ready. {spec.note}", True
+
+    def switch_model(self, name: str) -> ModelSpec:
+        return self.manager.load_model(name)
+
+    # -------------------------------------------------------------- library
+    def library(self) -> list[LibraryItem]:
+        roots = self.settings.resolved_lora_dirs()
+        items = []
+        for path in list_lora_files(roots):
+            root = next((r for r in roots if path.is_relative_to(r)), path.parent)
+            items.append(LibraryItem(label=str(path.relative_to(root)), path=path))
+        return items
+
+    # --------------------------------------------------------------- render
+    def render(
+        self,
+        image: Any,
+        settings: RenderSettings,
+        stack: Stack,
+        *,
+        session: str = "cli",
+        fuse: bool = False,
+        progress: Callable[[StepEvent], None] | None = None,
+    ) -> SavedRender:
+        token = CancelToken()
+        with self._tokens_lock:
+            self._tokens[session] = token
+        try:
+            request = RenderRequest(image=image, settings=settings, stack=stack, fuse=fuse)
+            result = self.manager.render(request, progress=progress, cancel=token)
+            return save_render(request, result, outputs_dir=self.settings.outputs_dir)
+        finally:
+            with self._tokens_lock:
+                if self._tokens.get(session) is token:
+                    del self._tokens[session]
+
+    def cancel(self, session: str) -> bool:
+        """Cancel the running render of ``session``; False when it has none."""
+        with self._tokens_lock:
+            token = self._tokens.get(session)
+        if token is None:
+            return False
+        token.cancel()
+        return True

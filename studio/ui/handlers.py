@@ -1,0 +1,149 @@
+"""Thin event handlers: widget values in, typed requests to the studio service, widget values out.
+
+No model state lives here. Each browser session's stack is a plain dict in ``gr.State``
+(the JSON form of :class:`~studio.stack.Stack`); every handler validates it back into
+the typed model before use, and errors become a sentence in the status line.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio.errors import RenderCancelled, StudioError
+from studio.images import load_start_image
+from studio.service import Studio
+from studio.stack import RenderSettings, Stack, StackEntry, build
+
+SLIDER_MIN, SLIDER_MAX = -2.0, 4.0
+
+
+def to_stack(state: dict | None) -> Stack:
+    return Stack.model_validate(state or {"entries": []})
+
+
+def from_stack(stack: Stack) -> dict:
+    return stack.model_dump(mode="json")
+
+
+def status(message: str, kind: str = "info") -> str:
+    """A status line as HTML (escaped: names in messages come from users' files)."""
+    icon = {"info": "ℹ️", "ok": "✅", "error": "⚠️"}[kind]
+    return f'<div class="studio-status studio-status-{kind}">{icon} {html.escape(message)}</div>'
+
+
+def settings_from_widgets(
+    prompt, negative, width, height, frames, steps, guidance, guidance_low, shift, seed, fps
+) -> RenderSettings:
+    seed_value = None if seed is None or int(seed) < 0 else int(seed)
+    return build(
+        RenderSettings,
+        "render settings",
+        prompt=prompt or "",
+        negative_prompt=negative or "",
+        width=int(width),
+        height=int(height),
+        frames=int(frames),
+        steps=int(steps),
+        guidance=float(guidance),
+        guidance_low=None if guidance_low is None else float(guidance_low),
+        shift=float(shift),
+        seed=seed_value,
+        fps=int(fps),
+    )
+
+
+# ------------------------------------------------------------------- stack edits
+def add_lora(studio: Studio, state: dict, choice: str | None):
+    if not choice:
+        return state, status("Choose a LoRA file in the library first.", "error")
+    path = Path(choice)
+    item = next((i for i in studio.library() if str(i.path) == choice), None)
+    if item is None:
+        return state, status("That file is no longer in the LoRA folders; press Refresh.", "error")
+    stack = to_stack(state).added(StackEntry.single(path, 1.0, 1.0, name=path.stem))
+    return from_stack(stack), status(f"Added {path.stem} on both experts at weight 1.0.", "ok")
+
+
+def edit_entry(state: dict, entry_id: str, **changes: Any):
+    try:
+        return from_stack(to_stack(state).updated(entry_id, **changes)), gr.skip()
+    except StudioError as exc:
+        return state, status(str(exc), "error")
+
+
+def remove_entry(state: dict, entry_id: str):
+    return from_stack(to_stack(state).removed(entry_id))
+
+
+def move_entry(state: dict, entry_id: str, delta: int):
+    return from_stack(to_stack(state).moved(entry_id, delta))
+
+
+# ------------------------------------------------------------------------ render
+def render(studio: Studio, session: str, image, settings: RenderSettings, stack: Stack, fuse: bool, progress):
+    """Run one render for the UI or the API; returns (video path, status html, record)."""
+    if image is None:
+        raise StudioError("Upload a start image first.")
+    start = load_start_image(image)
+
+    def on_step(event) -> None:
+        progress((event.step, event.total), desc=f"Step {event.step}/{event.total} · {event.expert}-noise expert")
+
+    saved = studio.render(start, settings, stack, session=session, fuse=fuse, progress=on_step)
+    timings = saved.record["timings"]
+    message = (
+        f"Rendered {settings.frames} frames at {settings.width}×{settings.height} in "
+        f"{timings.get('total_s', 0):.1f} s · seed {saved.record['settings']['seed']} · "
+        f"{stack.summary()} · {saved.video.name}"
+    )
+    return str(saved.video), status(message, "ok"), saved.record
+
+
+def render_from_widgets(studio: Studio, request: gr.Request, state, image, fuse, *values, progress):
+    try:
+        settings = settings_from_widgets(*values)
+        video, message, _ = render(studio, _session(request), image, settings, to_stack(state), fuse, progress)
+        return video, message
+    except RenderCancelled as exc:
+        return gr.skip(), status(str(exc), "info")
+    except StudioError as exc:
+        return gr.skip(), status(str(exc), "error")
+
+
+def render_api(studio: Studio, request, image, prompt: str, settings_json: str, stack_json: str, progress):
+    """The public ``/render`` endpoint: JSON settings and stack, errors as gr.Error."""
+    try:
+        overrides = json.loads(settings_json or "{}")
+        if not isinstance(overrides, dict):
+            raise StudioError("settings_json must be a JSON object of render settings.")
+        defaults = studio.spec.defaults
+        values = {
+            "width": defaults.width, "height": defaults.height, "frames": defaults.frames,
+            "steps": defaults.steps, "guidance": defaults.guidance, "guidance_low": defaults.guidance_low,
+            "shift": defaults.shift, "fps": defaults.fps, "negative_prompt": defaults.negative_prompt,
+        }  # fmt: skip
+        values.update(overrides)
+        values["prompt"] = prompt
+        settings = build(RenderSettings, "render settings", **values)
+        stack = Stack.from_json(stack_json) if stack_json and stack_json.strip() else Stack()
+        video, _, record = render(studio, _session(request), image, settings, stack, False, progress)
+        return video, record
+    except json.JSONDecodeError as exc:
+        raise gr.Error(f"settings_json is not valid JSON ({exc.msg}).") from None
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def cancel(studio: Studio, request: gr.Request):
+    if studio.cancel(_session(request)):
+        return status("Cancelling after the current step…", "info")
+    return status("No render of yours is running.", "info")
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
