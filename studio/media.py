@@ -141,7 +141,8 @@ def _publish(tmp: Path, path: Path, *, overwrite: bool, what: str) -> None:
             raise _exists_error(path, what) from None
         os.rename(tmp, path)
         return
-    tmp.unlink()
+    with contextlib.suppress(OSError):
+        tmp.unlink()  # retried by the caller's cleanup
 
 
 @contextlib.contextmanager
@@ -298,7 +299,13 @@ def _encode_mp4(
         _ffmpeg_path_arg(target),
     ]
     with tempfile.TemporaryFile() as errfile:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile)
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile)
+        except OSError as exc:
+            raise OutputError(
+                f"The ffmpeg encoder could not be started ({exc.strerror or exc}). "
+                "Reinstall the studio (pip install imageio-ffmpeg) and try again."
+            ) from exc
         assert proc.stdin is not None
         try:
             try:
@@ -389,6 +396,12 @@ def save_png_atomic(image: Image.Image, path: str | os.PathLike[str]) -> Path:
     with _atomic_output(path, what="image", overwrite=False) as tmp:
         try:
             image.save(tmp, format="PNG")
+        except OSError as exc:
+            if exc.errno is not None:
+                raise  # a real I/O error: _atomic_output turns it into a sentence
+            raise OutputError(
+                f"The image could not be saved as a PNG ({exc}). Convert it to RGB and try again."
+            ) from exc
         except (ValueError, KeyError) as exc:  # PIL: mode that PNG cannot store
             raise OutputError(
                 f"The image could not be saved as a PNG ({exc}). Convert it to RGB and try again."
@@ -497,28 +510,8 @@ def read_video_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     Raises ``ValidationError`` when ``path`` is missing or not a readable video.
     """
     path = Path(path)
-    if not path.is_file():
-        raise _video_unreadable(path)
-    cmd = [
-        _ffmpeg_exe(),
-        "-hide_banner",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-i",
-        _ffmpeg_path_arg(path),
-        "-f",
-        "ffmetadata",
-        "pipe:1",
-    ]
-    try:
-        result = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise _video_unreadable(path, "reading it took too long") from exc
-    if result.returncode != 0:
-        lines = result.stderr.decode("utf-8", errors="replace").strip().splitlines()
-        raise _video_unreadable(path, lines[-1] if lines else "")
-    tags = _parse_ffmetadata(result.stdout.decode("utf-8", errors="replace"))
+    stdout, _ = _run_ffmpeg_reader(path, ["-f", "ffmetadata", "pipe:1"])
+    tags = _parse_ffmetadata(stdout.decode("utf-8", errors="replace"))
     comment = tags.get("comment")
     if not comment:
         return None
@@ -529,45 +522,82 @@ def read_video_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
-    """Frame count, size, frame rate and duration of a video file (``ValidationError`` if unreadable)."""
-    path = Path(path)
+_STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<rest>.*)")
+_SIZE_RE = re.compile(r", (\d+)x(\d+)(?=[,\s\[]|$)")
+_FPS_RE = re.compile(r", ([\d.]+)(k?) (fps|tbr)\b")
+_FRAME_RE = re.compile(r"frame=\s*(\d+)")
+_DURATION_RE = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
+
+
+def _run_ffmpeg_reader(path: Path, output_args: list[str]) -> tuple[bytes, str]:
+    """Run ffmpeg on an input file; return (stdout, stderr) or raise ``ValidationError``."""
     if not path.is_file():
         raise _video_unreadable(path)
+    cmd = [
+        _ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-i",
+        _ffmpeg_path_arg(path),
+        *output_args,
+    ]
     try:
-        gen = imageio_ffmpeg.read_frames(_ffmpeg_path_arg(path))
-        try:
-            meta = next(gen)
-        finally:
-            gen.close()
-        frames, secs = imageio_ffmpeg.count_frames_and_secs(_ffmpeg_path_arg(path))
-    except (OSError, RuntimeError, StopIteration) as exc:
-        raise _video_unreadable(path) from exc
-    width, height = (int(v) for v in meta["size"])
-    fps = float(meta.get("fps") or 0.0)
-    duration = float(meta.get("duration") or 0.0)
-    if fps > 0 and frames > 0:
-        duration = frames / fps
-    elif duration <= 0:
-        duration = float(secs)
-    return VideoInfo(frames=int(frames), width=width, height=height, fps=fps, duration_s=duration)
+        result = subprocess.run(cmd, capture_output=True, timeout=600, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise _video_unreadable(path, "reading it took too long") from exc
+    stderr = result.stderr.decode("utf-8", errors="replace")
+    if result.returncode != 0:
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        raise _video_unreadable(path, lines[-1].strip() if lines else "")
+    return result.stdout, stderr
+
+
+def _stream_size(stream_text: str) -> tuple[int, int] | None:
+    match = _STREAM_RE.search(stream_text)
+    size = _SIZE_RE.search(match.group("rest")) if match else None
+    return (int(size.group(1)), int(size.group(2))) if size else None
+
+
+def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
+    """Frame count, size, frame rate and duration of a video file (``ValidationError`` if unreadable).
+
+    The frames are decoded and counted (exact, and quick for studio-sized clips).
+    """
+    path = Path(path)
+    _, stderr = _run_ffmpeg_reader(path, ["-map", "0:v:0", "-f", "null", "-"])
+    header = stderr.split("Output #0", 1)[0]
+    size = _stream_size(header)
+    frames = _FRAME_RE.findall(stderr)
+    if size is None or not frames:
+        raise _video_unreadable(path, "it has no video stream")
+    stream = _STREAM_RE.search(header)
+    fps = 0.0
+    if stream:
+        rates = {
+            unit: float(value) * (1000 if k else 1) for value, k, unit in _FPS_RE.findall(stream.group(0))
+        }
+        fps = rates.get("fps") or rates.get("tbr") or 0.0
+    count = int(frames[-1])
+    duration = 0.0
+    if fps > 0:
+        duration = count / fps
+    elif match := _DURATION_RE.search(header):
+        hours, minutes, seconds = match.groups()
+        duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return VideoInfo(frames=count, width=size[0], height=size[1], fps=fps, duration_s=duration)
 
 
 def read_frames(path: str | os.PathLike[str]) -> np.ndarray:
     """All frames of a video as a ``[F, H, W, 3]`` ``uint8`` RGB array (``ValidationError`` if unreadable)."""
     path = Path(path)
-    if not path.is_file():
-        raise _video_unreadable(path)
-    try:
-        gen = imageio_ffmpeg.read_frames(_ffmpeg_path_arg(path), pix_fmt="rgb24")
-        try:
-            meta = next(gen)
-            width, height = (int(v) for v in meta["size"])
-            frames = [np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3) for buf in gen]
-        finally:
-            gen.close()
-    except (OSError, RuntimeError, StopIteration, ValueError) as exc:
-        raise _video_unreadable(path) from exc
-    if not frames:
-        raise _video_unreadable(path, "it has no frames")
-    return np.stack(frames)
+    raw, stderr = _run_ffmpeg_reader(path, ["-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"])
+    output = stderr.split("Output #0", 1)[1] if "Output #0" in stderr else ""
+    size = _stream_size(output)  # the decoded size, after any rotation ffmpeg applied
+    if size is None:
+        raise _video_unreadable(path, "it has no video stream")
+    width, height = size
+    frame_bytes = width * height * 3
+    if not raw or len(raw) % frame_bytes:
+        raise _video_unreadable(path, "it has no complete frames")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, height, width, 3).copy()

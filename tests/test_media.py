@@ -353,3 +353,29 @@ def test_unique_stem_never_collides(tmp_path: Path) -> None:
         stems.add(stem)
         (tmp_path / f"{stem}.mp4").write_bytes(b"")
     assert media.unique_stem(tmp_path / "not-made-yet", "x").endswith(tuple("0123456789abcdef"))
+
+
+def test_png_of_unsavable_mode_is_a_sentence(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="Convert it to RGB"):
+        media.save_png_atomic(Image.new("CMYK", (8, 8)), tmp_path / "x.png")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stderr", "expected"),
+    [
+        (
+            1,
+            "[out#0/mp4] Error writing trailer: No space left on device",
+            "the disk is full. Free some space",
+        ),
+        (1, "av_interleaved_write_frame(): File too large", "Free some space"),
+        (-25, "", "Free some space"),
+        (-9, "", "stopped (SIGKILL)"),
+        (1, "[libx264] something odd\nConversion failed!", "ffmpeg said: Conversion failed!"),
+    ],
+)
+def test_encoder_failures_become_sentences(returncode: int, stderr: str, expected: str) -> None:
+    message = str(media._ffmpeg_failure(returncode, stderr))
+    assert expected in message
+    assert message.startswith("The video could not be") and message.endswith(".")
