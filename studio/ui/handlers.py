@@ -32,8 +32,7 @@ def from_stack(stack: Stack) -> dict:
 
 def status(message: str, kind: str = "info") -> str:
     """A status line as HTML (escaped: names in messages come from users' files)."""
-    icon = {"info": "ℹ️", "ok": "✅", "error": "⚠️"}[kind]
-    return f'<div class="studio-status studio-status-{kind}">{icon} {html.escape(message)}</div>'
+    return f'<div class="studio-status studio-status-{kind}">{html.escape(message)}</div>'
 
 
 def settings_from_widgets(
@@ -92,7 +91,9 @@ def render(studio: Studio, session: str, image, settings: RenderSettings, stack:
     start = load_start_image(image)
 
     def on_step(event) -> None:
-        progress((event.step, event.total), desc=f"Step {event.step}/{event.total} · {event.expert}-noise expert")
+        progress(
+            (event.step, event.total), desc=f"Step {event.step}/{event.total} · {event.expert}-noise expert"
+        )
 
     saved = studio.render(start, settings, stack, session=session, fuse=fuse, progress=on_step)
     timings = saved.record["timings"]
@@ -107,7 +108,9 @@ def render(studio: Studio, session: str, image, settings: RenderSettings, stack:
 def render_from_widgets(studio: Studio, request: gr.Request, state, image, fuse, *values, progress):
     try:
         settings = settings_from_widgets(*values)
-        video, message, _ = render(studio, _session(request), image, settings, to_stack(state), fuse, progress)
+        video, message, _ = render(
+            studio, _session(request), image, settings, to_stack(state), fuse, progress
+        )
         return video, message
     except RenderCancelled as exc:
         return gr.skip(), status(str(exc), "info")
@@ -141,7 +144,7 @@ def render_api(studio: Studio, request, image, prompt: str, settings_json: str, 
 
 def cancel(studio: Studio, request: gr.Request):
     if studio.cancel(_session(request)):
-        return status("Cancelling after the current step…", "info")
+        return status("Render cancelled; nothing was written.", "info")
     return status("No render of yours is running.", "info")
 
 

@@ -1,0 +1,288 @@
+"""The Gradio Blocks layout. Widgets and wiring only; behaviour lives in :mod:`studio.ui.handlers`."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import gradio as gr
+
+from studio.errors import StudioError
+from studio.service import Studio
+from studio.ui import handlers as h
+from studio.ui.api import register_api
+
+CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "studio.css"
+GPU_QUEUE = "gpu"  # every event that runs the model shares this queue (one at a time)
+
+
+def _model_banner(studio: Studio) -> str:
+    spec = studio.spec
+    if spec.is_demo:
+        return (
+            f'<div class="studio-demo-note" id="demo-note"><b>Demo model.</b> {html.escape(spec.note)}</div>'
+        )
+    return f'<div class="studio-model-note">Model: <b>{html.escape(spec.label)}</b></div>'
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    spec = studio.spec
+    d = spec.defaults
+
+    with gr.Blocks(title="Wan LoRA Studio", analytics_enabled=False) as app:
+        stack_state = gr.State({"entries": []})
+        stack_version = gr.State(0)  # bumped on structural changes only: re-draws the stack view
+
+        gr.HTML("<h1 class='studio-title'>Wan LoRA Studio</h1>")
+        banner = gr.HTML(_model_banner(studio), elem_id="model-banner")
+
+        with gr.Row(equal_height=False):
+            # ------------------------------------------------------------ inputs
+            with gr.Column(scale=5, min_width=320):
+                with gr.Row():
+                    model_choice = gr.Dropdown(
+                        studio.model_choices(),
+                        value=spec.name,
+                        label="Model",
+                        elem_id="model-choice",
+                        scale=4,
+                    )
+                    download_btn = gr.Button("Download weights", visible=False, scale=1, elem_id="download")
+                model_status = gr.HTML("", elem_id="model-status")
+                image = gr.Image(
+                    label="Start image",
+                    type="pil",
+                    sources=["upload", "clipboard"],
+                    elem_id="start-image",
+                    height=260,
+                )
+                prompt = gr.Textbox(
+                    label="Prompt", lines=3, elem_id="prompt", placeholder="What happens in the video"
+                )
+                negative = gr.Textbox(
+                    label="Negative prompt", value=d.negative_prompt, lines=2, elem_id="negative"
+                )
+                with gr.Accordion("Settings", open=True):
+                    with gr.Row():
+                        width = gr.Number(
+                            d.width, label="Width", precision=0, step=16, minimum=16, elem_id="width"
+                        )
+                        height = gr.Number(
+                            d.height, label="Height", precision=0, step=16, minimum=16, elem_id="height"
+                        )
+                        frames = gr.Number(
+                            d.frames, label="Frames (4k+1)", precision=0, step=4, minimum=1, elem_id="frames"
+                        )
+                    with gr.Row():
+                        steps = gr.Number(d.steps, label="Steps", precision=0, minimum=1, elem_id="steps")
+                        seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id="seed")
+                        fps = gr.Number(d.fps, label="FPS", precision=0, minimum=1, elem_id="fps")
+                    with gr.Row():
+                        guidance = gr.Number(
+                            d.guidance, label="Guidance, high-noise", step=0.5, elem_id="guidance"
+                        )
+                        guidance_low = gr.Number(
+                            d.guidance_low if d.guidance_low is not None else d.guidance,
+                            label="Guidance, low-noise",
+                            step=0.5,
+                            elem_id="guidance-low",
+                        )
+                        shift = gr.Number(d.shift, label="Shift", step=0.5, elem_id="shift")
+                    fuse = gr.Checkbox(
+                        False, label="Fuse LoRAs into the weights (faster steps)", elem_id="fuse"
+                    )
+
+            # ------------------------------------------------------------- stack
+            with gr.Column(scale=5, min_width=320):
+                gr.Markdown("### LoRA stack")
+                with gr.Row():
+                    library = gr.Dropdown(
+                        [], label="LoRA library", elem_id="library", scale=4, allow_custom_value=False
+                    )
+                    refresh_btn = gr.Button("Refresh", scale=1, elem_id="refresh-library")
+                add_btn = gr.Button("Add to stack", elem_id="add-lora")
+                stack_status = gr.HTML("", elem_id="stack-status")
+
+                @gr.render(inputs=[stack_state], triggers=[stack_version.change, app.load])
+                def draw_stack(state):
+                    stack = h.to_stack(state)
+                    if not stack.entries:
+                        gr.Markdown(
+                            "*The stack is empty: add LoRAs from the library.*", elem_id="stack-empty"
+                        )
+                        return
+                    two = studio.spec.experts == 2
+                    for position, entry in enumerate(stack.entries):
+                        _draw_entry(
+                            entry, position, len(stack.entries), two, stack_state, stack_version, stack_status
+                        )
+
+            # ------------------------------------------------------------ output
+            with gr.Column(scale=5, min_width=320):
+                with gr.Row():
+                    render_btn = gr.Button("Render", variant="primary", elem_id="render")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                render_status = gr.HTML("", elem_id="render-status")
+                video = gr.Video(
+                    label="Result", elem_id="result-video", autoplay=True, loop=True, interactive=False
+                )
+
+        # ---------------------------------------------------------------- wiring
+        setting_widgets = [
+            prompt,
+            negative,
+            width,
+            height,
+            frames,
+            steps,
+            guidance,
+            guidance_low,
+            shift,
+            seed,
+            fps,
+        ]
+
+        def render_ui(
+            state, image_value, fuse_value, prompt_v, negative_v, width_v, height_v, frames_v, steps_v,
+            guidance_v, guidance_low_v, shift_v, seed_v, fps_v, request: gr.Request, progress=gr.Progress(),
+        ):  # fmt: skip
+            values = (prompt_v, negative_v, width_v, height_v, frames_v, steps_v, guidance_v, guidance_low_v,
+                      shift_v, seed_v, fps_v)  # fmt: skip
+            return h.render_from_widgets(
+                studio, request, state, image_value, fuse_value, *values, progress=progress
+            )
+
+        render_event = render_btn.click(
+            render_ui,
+            inputs=[stack_state, image, fuse, *setting_widgets],
+            outputs=[video, render_status],
+            concurrency_id=GPU_QUEUE,
+            concurrency_limit=1,
+            api_visibility="private",
+        )
+
+        def cancel_ui(request: gr.Request):
+            return h.cancel(studio, request)
+
+        cancel_btn.click(
+            cancel_ui,
+            outputs=[render_status],
+            cancels=[render_event],
+            api_visibility="private",
+            queue=False,
+        )
+
+        def refresh_library():
+            items = studio.library()
+            return gr.update(choices=[(i.label, str(i.path)) for i in items], value=None)
+
+        app.load(refresh_library, outputs=[library], api_visibility="private")
+        refresh_btn.click(refresh_library, outputs=[library], api_visibility="private")
+
+        def add(state, choice, version):
+            new_state, message = h.add_lora(studio, state, choice)
+            return new_state, message, version + (new_state is not state)
+
+        add_btn.click(
+            add,
+            inputs=[stack_state, library, stack_version],
+            outputs=[stack_state, stack_status, stack_version],
+            api_visibility="private",
+        )
+
+        def on_model_change(name):
+            try:
+                message, loadable = studio.model_status(name)
+                if loadable and name != studio.spec.name:
+                    studio.switch_model(name)
+                    message = f"Loaded {studio.spec.label}."
+                show_download = not loadable and studio.spec.name != name and _is_hub_model(name)
+                return h.status(message, "info"), gr.update(visible=show_download), _model_banner(studio)
+            except StudioError as exc:
+                return h.status(str(exc), "error"), gr.update(visible=False), _model_banner(studio)
+
+        model_choice.change(
+            on_model_change,
+            inputs=[model_choice],
+            outputs=[model_status, download_btn, banner],
+            concurrency_id=GPU_QUEUE,
+            api_visibility="private",
+        )
+
+        def download(name, progress=gr.Progress()):
+            from studio.models import download_model, resolve_model
+
+            try:
+                path = download_model(
+                    resolve_model(name),
+                    lambda done, total: progress((done, total), desc="Downloading", unit="bytes"),
+                )
+                return h.status(f"Downloaded to {path}. Choose the model again to load it.", "ok")
+            except StudioError as exc:
+                return h.status(str(exc), "error")
+
+        download_btn.click(download, inputs=[model_choice], outputs=[model_status], api_visibility="private")
+
+        register_api(studio, concurrency_id=GPU_QUEUE)
+    return app
+
+
+def _is_hub_model(name: str) -> bool:
+    from studio.models import REGISTRY
+
+    return name in REGISTRY and REGISTRY[name].repo_id is not None
+
+
+def _draw_entry(entry, position, count, two_experts, stack_state, stack_version, stack_status):
+    """One stack row: enable, name, a weight slider per expert, move up/down, remove."""
+    with gr.Group(elem_classes=["stack-entry"], elem_id=f"entry-{entry.id}"):
+        with gr.Row():
+            enabled = gr.Checkbox(entry.enabled, label=entry.name, elem_id=f"enabled-{entry.id}", scale=3)
+            up = gr.Button("↑", size="sm", min_width=30, interactive=position > 0, elem_id=f"up-{entry.id}")
+            down = gr.Button(
+                "↓", size="sm", min_width=30, interactive=position < count - 1, elem_id=f"down-{entry.id}"
+            )
+            remove = gr.Button("✕", size="sm", min_width=30, variant="stop", elem_id=f"remove-{entry.id}")
+        sources = []
+        if entry.high is not None:
+            sources.append(("high", entry.high.label()))
+        if entry.low is not None and two_experts:
+            sources.append(("low", entry.low.label()))
+        with gr.Row():
+            high = gr.Slider(
+                h.SLIDER_MIN, h.SLIDER_MAX, value=entry.weight_high, step=0.05,
+                label="High-noise weight" if two_experts else "Weight",
+                elem_id=f"high-{entry.id}", interactive=entry.high is not None,
+            )  # fmt: skip
+            low = None
+            if two_experts:
+                low = gr.Slider(
+                    h.SLIDER_MIN, h.SLIDER_MAX, value=entry.weight_low, step=0.05, label="Low-noise weight",
+                    elem_id=f"low-{entry.id}", interactive=entry.low is not None,
+                )  # fmt: skip
+        files = " · ".join(f"{e}: {html.escape(Path(s).name)}" for e, s in sources)
+        gr.HTML(f"<div class='entry-files'>{files}</div>")
+
+    private = {"api_visibility": "private", "queue": False, "trigger_mode": "always_last"}
+    enabled.change(
+        lambda s, v: h.edit_entry(s, entry.id, enabled=bool(v)),
+        inputs=[stack_state, enabled], outputs=[stack_state, stack_status], **private,
+    )  # fmt: skip
+    high.input(
+        lambda s, v: h.edit_entry(s, entry.id, weight_high=float(v)),
+        inputs=[stack_state, high], outputs=[stack_state, stack_status], **private,
+    )  # fmt: skip
+    if low is not None:
+        low.input(
+            lambda s, v: h.edit_entry(s, entry.id, weight_low=float(v)),
+            inputs=[stack_state, low], outputs=[stack_state, stack_status], **private,
+        )  # fmt: skip
+    for button, action in ((up, -1), (down, 1)):
+        button.click(
+            lambda s, v, delta=action: (h.move_entry(s, entry.id, delta), v + 1),
+            inputs=[stack_state, stack_version], outputs=[stack_state, stack_version], **private,
+        )  # fmt: skip
+    remove.click(
+        lambda s, v: (h.remove_entry(s, entry.id), v + 1),
+        inputs=[stack_state, stack_version], outputs=[stack_state, stack_version], **private,
+    )  # fmt: skip
