@@ -101,8 +101,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def quiet_libraries() -> None:
+    """Silence the loading progress bars and chatty warnings of diffusers/transformers."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
 class PipelineManager:
     def __init__(self, settings: Settings, *, device: str | None = None) -> None:
+        quiet_libraries()
         self.settings = settings
         self._lock = threading.RLock()
         self._device = device

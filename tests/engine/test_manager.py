@@ -9,8 +9,18 @@ from studio.engine.manager import CancelToken, PipelineManager, RenderRequest
 from studio.errors import LoraFileError, RenderCancelled, ValidationError
 from studio.stack import LoraSource, RenderSettings, Stack, StackEntry
 
-SETTINGS = RenderSettings(prompt="a cat walking", negative_prompt="blurry", width=32, height=32, frames=9,
-                          steps=4, guidance=3.0, guidance_low=2.0, shift=5.0, seed=42)
+SETTINGS = RenderSettings(
+    prompt="a cat walking",
+    negative_prompt="blurry",
+    width=32,
+    height=32,
+    frames=9,
+    steps=4,
+    guidance=3.0,
+    guidance_low=2.0,
+    shift=5.0,
+    seed=42,
+)
 
 
 @pytest.fixture()
@@ -27,15 +37,18 @@ def latents(manager, start_image, stack=None, **kw):
 
 def step_latents(manager, start_image, stack):
     seen = []
-    request = RenderRequest(image=start_image, settings=SETTINGS, stack=stack, decode=False,
-                            capture_step_latents=True)
+    request = RenderRequest(
+        image=start_image, settings=SETTINGS, stack=stack, decode=False, capture_step_latents=True
+    )
     result = manager.render(request, progress=seen.append)
     return [e.latents for e in seen], result
 
 
 def test_demo_steps_run_two_on_each_expert(manager, start_image):
     seen = []
-    result = manager.render(RenderRequest(image=start_image, settings=SETTINGS, decode=False), progress=seen.append)
+    result = manager.render(
+        RenderRequest(image=start_image, settings=SETTINGS, decode=False), progress=seen.append
+    )
     assert result.experts_per_step == ["high", "high", "low", "low"]
     assert [e.step for e in seen] == [1, 2, 3, 4] and seen[0].total == 4
     assert result.settings.seed == 42
@@ -72,7 +85,9 @@ def test_weight_change_reads_no_file_and_keeps_the_model(manager, start_image, m
 def test_low_only_lora_leaves_the_high_noise_steps_alone(manager, start_image, make_lora):
     path = make_lora("low.safetensors", seed=1)
     base_steps, _ = step_latents(manager, start_image, Stack())
-    low_only = Stack(entries=[StackEntry(name="low", low=LoraSource.local(path), weight_high=0.0, weight_low=1.0)])
+    low_only = Stack(
+        entries=[StackEntry(name="low", low=LoraSource.local(path), weight_high=0.0, weight_low=1.0)]
+    )
     steps, result = step_latents(manager, start_image, low_only)
     assert "transformer" not in manager.loaded_adapters()
     assert result.experts_per_step == ["high", "high", "low", "low"]
@@ -100,7 +115,11 @@ def test_weight_zero_equals_no_lora(manager, start_image, make_lora):
     base = latents(manager, start_image)
     entry = StackEntry.single(path, 1.0, 1.0)
     latents(manager, start_image, Stack(entries=[entry]))  # loaded...
-    zero = latents(manager, start_image, Stack(entries=[entry.model_copy(update={"weight_high": 0.0, "weight_low": 0.0})]))
+    zero = latents(
+        manager,
+        start_image,
+        Stack(entries=[entry.model_copy(update={"weight_high": 0.0, "weight_low": 0.0})]),
+    )
     assert torch.allclose(base, zero, atol=1e-6)
 
 
@@ -151,9 +170,11 @@ def test_cancel_stops_the_render_and_the_next_one_works(manager, start_image):
 
 def test_missing_lora_file_is_a_clear_error(manager, start_image, lora_dir):
     stack = Stack(entries=[StackEntry.single(lora_dir / "gone.safetensors", name="Gone")])
-    with pytest.raises(LoraFileError, match="Gone: .*not found"):
+    with pytest.raises(LoraFileError, match=r"Gone: .*not found"):
         latents(manager, start_image, stack)
-    assert manager.render(RenderRequest(image=start_image, settings=SETTINGS, decode=False)).latents is not None
+    assert (
+        manager.render(RenderRequest(image=start_image, settings=SETTINGS, decode=False)).latents is not None
+    )
 
 
 def test_path_outside_the_lora_folders_is_refused(manager, start_image, tmp_path, make_lora):
