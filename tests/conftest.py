@@ -49,7 +49,9 @@ def lora_dir(tmp_path) -> Path:
 
 @pytest.fixture()
 def settings(lora_dir, studio_cache, tmp_path) -> Settings:
-    return Settings(lora_dirs=(lora_dir,), outputs_dir=tmp_path / "outputs", cache_dir=studio_cache, model="demo")
+    return Settings(
+        lora_dirs=(lora_dir,), outputs_dir=tmp_path / "outputs", cache_dir=studio_cache, model="demo"
+    )
 
 
 @pytest.fixture()

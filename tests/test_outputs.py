@@ -57,7 +57,9 @@ def test_an_existing_file_of_the_set_stops_the_save_before_anything_is_written(t
 
 def test_a_failure_after_the_video_removes_what_was_written(tmp_path, rendered):
     request, result = rendered
-    cmyk = RenderRequest(image=request.image.convert("CMYK"), settings=request.settings)  # PNG can't store CMYK
+    cmyk = RenderRequest(
+        image=request.image.convert("CMYK"), settings=request.settings
+    )  # PNG can't store CMYK
     with pytest.raises(OutputError, match="could not be saved as a PNG"):
         save_render(cmyk, result, video_path=tmp_path / "out.mp4")
     assert list(tmp_path.iterdir()) == []

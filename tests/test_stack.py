@@ -60,7 +60,9 @@ def test_weights_outside_the_sane_range_are_refused():
     with pytest.raises(ValidationError, match="weight_low: a LoRA weight must be between"):
         parse_model(StackEntry, {"name": "x", "high": {"path": "a.safetensors"}, "weight_low": 11}, "entry")
     with pytest.raises(ValidationError, match="between"):
-        parse_model(StackEntry, {"name": "x", "high": {"path": "a.safetensors"}, "weight_high": float("nan")}, "entry")
+        parse_model(
+            StackEntry, {"name": "x", "high": {"path": "a.safetensors"}, "weight_high": float("nan")}, "entry"
+        )
 
 
 def test_unknown_fields_and_sourceless_entries_are_refused():

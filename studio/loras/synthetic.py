@@ -2,11 +2,33 @@
 
 Used by the tests and the benchmarks: they write real ``.safetensors`` files in the
 key layouts that real Wan LoRAs use, with shapes taken from a transformer config
-(e.g. the demo model's ``transformer/config.json``).
+(e.g. the demo model's ``transformer/config.json`` or :data:`WAN_14B_CONFIG`).
+Tensors are made one module at a time (never a full ``dim × dim`` delta), so big
+shapes (dim 5120) stay within the size of the LoRA itself.
+
+Layouts (``layout=``):
+
+==========================  ==========================================================
+``peft``                    ``transformer.blocks.0.attn1.to_q.lora_A.weight``
+``original``                ``diffusion_model.blocks.0.self_attn.q.lora_A.weight``
+                            (``naming="lora_down"`` for ``lora_down``/``lora_up``;
+                            ``.alpha`` when ``alpha`` is given)
+``lightx2v``                original + ``lora_down``/``lora_up`` + ``.diff_b`` (all or
+                            ``diff_b="some"`` layers) + norm ``.diff`` + ``head.head.diff``
+``musubi``                  ``lora_unet_blocks_0_self_attn_q.lora_down.weight`` + ``.alpha``
+``no_prefix``               ``blocks.0.self_attn.q.lora_down.weight``
+``no_prefix_diffusers``     ``blocks.0.attn1.to_q.lora_A.weight``
+``lokr``                    ``lycoris_blocks_0_self_attn_q.lokr_w1`` / ``lokr_w2_a`` / ``lokr_w2_b``
+``loha``                    ``lycoris_blocks_0_self_attn_q.hada_w1_a`` … ``hada_w2_b``
+``dora``                    original + ``.dora_scale``
+``i2v``                     original + Wan2.1 I2V ``cross_attn.k_img`` / ``v_img``
+==========================  ==========================================================
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,16 +48,100 @@ ATTN_MODULES = {
 }
 FFN_MODULES = {"ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2"}
 ALL_MODULES = {**ATTN_MODULES, **FFN_MODULES}
+IMAGE_ATTN_MODULES = {"attn2.add_k_proj": "cross_attn.k_img", "attn2.add_v_proj": "cross_attn.v_img"}
+# diffusers top-level module -> original name
+TOP_MODULES = {
+    "proj_out": "head.head",
+    "condition_embedder.time_proj": "time_projection.1",
+    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
+    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+}
+NORM_DIFFS = ("self_attn.norm_q", "self_attn.norm_k", "cross_attn.norm_q", "cross_attn.norm_k", "norm3")
+
+LAYOUTS = (
+    "peft",
+    "original",
+    "lightx2v",
+    "musubi",
+    "no_prefix",
+    "no_prefix_diffusers",
+    "lokr",
+    "loha",
+    "dora",
+    "i2v",
+)
+
+_BASE = dict(patch_size=(1, 2, 2), in_channels=36, out_channels=16, text_dim=4096, freq_dim=256)
+WAN_1_3B_CONFIG = dict(
+    _BASE, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30, in_channels=16
+)
+WAN_5B_CONFIG = dict(
+    _BASE,
+    num_attention_heads=24,
+    attention_head_dim=128,
+    ffn_dim=14336,
+    num_layers=30,
+    in_channels=48,
+    out_channels=48,
+)
+WAN_14B_CONFIG = dict(_BASE, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40)
 
 
-def module_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+def _dim(config: Mapping[str, Any]) -> int:
+    return int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+
+
+def module_shapes(config: Mapping[str, Any], *, image_attention: bool = False) -> dict[str, tuple[int, int]]:
     """(in_features, out_features) of each LoRA-targetable Linear in one block."""
-    dim = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    dim = _dim(config)
     ffn = int(config["ffn_dim"])
     shapes = {name: (dim, dim) for name in ATTN_MODULES}
     shapes["ffn.net.0.proj"] = (dim, ffn)
     shapes["ffn.net.2"] = (ffn, dim)
+    if image_attention:
+        shapes.update({name: (dim, dim) for name in IMAGE_ATTN_MODULES})
     return shapes
+
+
+def top_level_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of the Linears outside the blocks."""
+    dim = _dim(config)
+    patch = math.prod(config.get("patch_size", (1, 2, 2)))
+    return {
+        "proj_out": (dim, int(config.get("out_channels", 16)) * patch),
+        "condition_embedder.time_proj": (dim, 6 * dim),
+        "condition_embedder.text_embedder.linear_1": (int(config.get("text_dim", 4096)), dim),
+        "condition_embedder.text_embedder.linear_2": (dim, dim),
+        "condition_embedder.time_embedder.linear_1": (int(config.get("freq_dim", 256)), dim),
+        "condition_embedder.time_embedder.linear_2": (dim, dim),
+    }
+
+
+def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
+    """LyCORIS' split of ``dimension`` into ``m × n`` (``m <= n``), as close to square as allowed."""
+    if factor > 0 and dimension % factor == 0:
+        m, n = factor, dimension // factor
+        return (m, n) if m <= n else (n, m)
+    if factor < 0:
+        factor = dimension
+    m, n = 1, dimension
+    length = m + n
+    while m < n:
+        new_m = m + 1
+        while dimension % new_m != 0:
+            new_m += 1
+        new_n = dimension // new_m
+        if new_m + new_n > length or new_m > factor:
+            break
+        m, n = new_m, new_n
+        length = m + n
+    return (m, n) if m <= n else (n, m)
+
+
+def _original_name(module: str) -> str:
+    return {**ALL_MODULES, **IMAGE_ATTN_MODULES, **TOP_MODULES}[module]
 
 
 def make_lora_tensors(
@@ -49,36 +155,151 @@ def make_lora_tensors(
     scale: float = 0.1,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    naming: str | None = None,
+    image_attention: bool | None = None,
+    top_level: Iterable[str] = (),
+    diff_b: str | None = None,
+    head_diff: bool | None = None,
+    head_diff_b: bool = True,
+    norm_diffs: bool | None = None,
+    lokr_decompose: bool = True,
+    lokr_factor: int = -1,
 ) -> dict[str, torch.Tensor]:
-    """Random LoRA A/B matrices for ``modules`` of ``blocks``, keyed in ``layout``.
+    """Random LoRA tensors for ``modules`` (diffusers names) of ``blocks``, keyed in ``layout``.
 
-    Layouts: ``peft`` (``transformer.blocks.N.attn1.to_q.lora_A.weight``) and
-    ``original`` (``diffusion_model.blocks.N.self_attn.q.lora_A.weight``, with
-    ``.alpha`` when ``alpha`` is given).
+    ``naming`` picks ``"lora_A"`` or ``"lora_down"`` parameter names for the
+    original-style layouts; ``alpha`` adds ``.alpha`` scalars (musubi always has
+    them: ``alpha`` defaults to ``rank`` there); ``image_attention`` adds Wan2.1 I2V
+    ``k_img``/``v_img`` modules; ``top_level`` adds LoRAs on modules outside the
+    blocks (diffusers names, see :data:`TOP_MODULES`); ``diff_b`` (``"all"`` or
+    ``"some"``) adds bias diffs; ``head_diff`` adds lightx2v's ``head.head.diff``;
+    ``norm_diffs`` adds (zero) norm-layer diffs. LoKr factors follow LyCORIS'
+    ``factorization(dim, lokr_factor)``; ``lokr_decompose`` splits ``lokr_w2`` into
+    ``lokr_w2_a @ lokr_w2_b`` of rank ``rank``.
     """
-    shapes = module_shapes(config)
-    modules = list(modules) if modules is not None else list(ALL_MODULES)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    lightx2v = layout == "lightx2v"
+    if naming is None:
+        naming = "lora_down" if layout in ("lightx2v", "musubi", "no_prefix") else "lora_A"
+    down_name, up_name = ("lora_down", "lora_up") if naming == "lora_down" else ("lora_A", "lora_B")
+    if image_attention is None:
+        image_attention = layout == "i2v"
+    if head_diff is None:
+        head_diff = lightx2v
+    if norm_diffs is None:
+        norm_diffs = lightx2v
+    if diff_b is None and lightx2v:
+        diff_b = "all"
+    if alpha is None and layout == "musubi":
+        alpha = float(rank)
+
+    shapes = module_shapes(config, image_attention=True)
+    top_shapes = top_level_shapes(config)
+    module_list = list(modules) if modules is not None else list(ALL_MODULES)
+    if image_attention:
+        module_list += [m for m in IMAGE_ATTN_MODULES if m not in module_list]
     blocks = list(blocks) if blocks is not None else list(range(int(config["num_layers"])))
     gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+
+    def name(block: int | None, module: str) -> str:
+        """The module part of a key in this layout."""
+        if layout in ("peft", "no_prefix_diffusers"):
+            inner = module if block is None else f"blocks.{block}.{module}"
+            return inner if layout == "no_prefix_diffusers" else f"transformer.{inner}"
+        orig = _original_name(module)
+        inner = orig if block is None else f"blocks.{block}.{orig}"
+        if layout in ("musubi", "lokr", "loha"):
+            prefix = "lora_unet_" if layout == "musubi" else "lycoris_"
+            return prefix + inner.replace(".", "_")
+        if layout == "no_prefix":
+            return inner
+        return f"diffusion_model.{inner}"
+
     tensors: dict[str, torch.Tensor] = {}
-    for block in blocks:
-        for module in modules:
-            fan_in, fan_out = shapes[module]
-            a = (torch.randn(rank, fan_in, generator=gen) * scale).to(dtype)
-            b = (torch.randn(fan_out, rank, generator=gen) * scale).to(dtype)
-            if layout == "peft":
-                prefix = f"transformer.blocks.{block}.{module}"
-                tensors[f"{prefix}.lora_A.weight"] = a
-                tensors[f"{prefix}.lora_B.weight"] = b
-            elif layout == "original":
-                prefix = f"diffusion_model.blocks.{block}.{ALL_MODULES[module]}"
-                tensors[f"{prefix}.lora_A.weight"] = a
-                tensors[f"{prefix}.lora_B.weight"] = b
-                if alpha is not None:
-                    tensors[f"{prefix}.alpha"] = torch.tensor(float(alpha))
+    targets = [(b, m, shapes[m]) for b in blocks for m in module_list]
+    targets += [(None, m, top_shapes[m]) for m in top_level]
+    for index, (block, module, (fan_in, fan_out)) in enumerate(targets):
+        key = name(block, module)
+        if layout == "lokr":
+            out_l, out_k = factorization(fan_out, lokr_factor)
+            in_m, in_n = factorization(fan_in, lokr_factor)
+            tensors[f"{key}.lokr_w1"] = randn(out_l, in_m)
+            if lokr_decompose:
+                tensors[f"{key}.lokr_w2_a"] = randn(out_k, rank)
+                tensors[f"{key}.lokr_w2_b"] = randn(rank, in_n)
             else:
-                raise ValueError(f"unknown layout {layout!r}")
+                tensors[f"{key}.lokr_w2"] = randn(out_k, in_n)
+        elif layout == "loha":
+            tensors[f"{key}.hada_w1_a"] = randn(fan_out, rank)
+            tensors[f"{key}.hada_w1_b"] = randn(rank, fan_in)
+            tensors[f"{key}.hada_w2_a"] = randn(fan_out, rank)
+            tensors[f"{key}.hada_w2_b"] = randn(rank, fan_in)
+        else:
+            tensors[f"{key}.{down_name}.weight"] = randn(rank, fan_in)
+            tensors[f"{key}.{up_name}.weight"] = randn(fan_out, rank)
+        if alpha is not None and layout not in ("peft", "no_prefix_diffusers"):
+            tensors[f"{key}.alpha"] = torch.tensor(float(alpha), dtype=dtype)
+        if layout == "dora":
+            tensors[f"{key}.dora_scale"] = (1.0 + randn(1, fan_in)).to(dtype)
+        if diff_b == "all" or (diff_b == "some" and index % 2 == 0):
+            suffix = "lora_B.bias" if layout in ("peft", "no_prefix_diffusers") else "diff_b"
+            tensors[f"{key}.{suffix}"] = randn(fan_out)
+
+    dim = _dim(config)
+    if norm_diffs:
+        for block in blocks:
+            for norm in NORM_DIFFS:
+                tensors[f"diffusion_model.blocks.{block}.{norm}.diff"] = torch.zeros(dim, dtype=dtype)
+            tensors[f"diffusion_model.blocks.{block}.norm3.diff_b"] = torch.zeros(dim, dtype=dtype)
+    if head_diff:
+        fan_in, fan_out = top_shapes["proj_out"]
+        tensors["diffusion_model.head.head.diff"] = randn(fan_out, fan_in)
+        if head_diff_b:
+            tensors["diffusion_model.head.head.diff_b"] = randn(fan_out)
     return tensors
+
+
+def training_metadata(
+    *,
+    title: str | None = None,
+    output_name: str | None = None,
+    trigger_phrase: str | None = None,
+    tags: Mapping[str, int] | None = None,
+    rank: int | None = None,
+    alpha: float | None = None,
+    base_model: str | None = None,
+    min_timestep: int | None = None,
+    max_timestep: int | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Kohya/musubi ``ss_*`` and modelspec metadata like real training tools write."""
+    meta: dict[str, str] = {}
+    if title:
+        meta["modelspec.title"] = title
+    if output_name:
+        meta["ss_output_name"] = output_name
+    if trigger_phrase:
+        meta["modelspec.trigger_phrase"] = trigger_phrase
+    if tags:
+        meta["ss_tag_frequency"] = json.dumps({"1_dataset": dict(tags)})
+    if rank is not None:
+        meta["ss_network_dim"] = str(rank)
+        meta["ss_network_module"] = "networks.lora_wan"
+    if alpha is not None:
+        meta["ss_network_alpha"] = str(alpha)
+    if base_model:
+        meta["ss_base_model_version"] = base_model
+        meta["modelspec.architecture"] = base_model
+    if min_timestep is not None:
+        meta["ss_min_timestep"] = str(min_timestep)
+    if max_timestep is not None:
+        meta["ss_max_timestep"] = str(max_timestep)
+    meta.update(extra or {})
+    return meta
 
 
 def write_lora(
@@ -90,3 +311,15 @@ def write_lora(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
     return path
+
+
+def write_layout(
+    path: str | Path,
+    config: Mapping[str, Any],
+    layout: str,
+    *,
+    metadata: dict[str, str] | None = None,
+    **options: Any,
+) -> Path:
+    """``write_lora(path, make_lora_tensors(config, layout=layout, **options), metadata)``."""
+    return write_lora(path, make_lora_tensors(config, layout=layout, **options), metadata)

@@ -263,7 +263,7 @@ def _draw_entry(entry, position, count, two_experts, stack_state, stack_version,
         files = " · ".join(f"{e}: {html.escape(Path(s).name)}" for e, s in sources)
         gr.HTML(f"<div class='entry-files'>{files}</div>")
 
-    private = {"api_visibility": "private", "queue": False, "trigger_mode": "always_last"}
+    private = {"api_visibility": "private", "concurrency_limit": None, "trigger_mode": "always_last"}
     enabled.change(
         lambda s, v: h.edit_entry(s, entry.id, enabled=bool(v)),
         inputs=[stack_state, enabled], outputs=[stack_state, stack_status], **private,

@@ -1,0 +1,163 @@
+"""The studio in a real browser (Debian's Chromium driven by Playwright) on loopback."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import expect
+
+from studio.service import Studio
+from studio.settings import Settings
+from studio.ui.launch import launch
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+# Gradio renders a Group as two nested divs carrying the same class: take the outer one.
+ENTRY = ".stack-entry:not(.stack-entry .stack-entry)"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio_url(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_config):
+    from studio.loras.synthetic import make_lora_tensors, write_lora
+
+    root = tmp_path_factory.mktemp("browser-app")
+    loras = root / "loras"
+    write_lora(loras / "style.safetensors", make_lora_tensors(demo_transformer_config, seed=1, scale=0.3))
+    write_lora(loras / "motion.safetensors", make_lora_tensors(demo_transformer_config, seed=2, scale=0.3))
+    studio = Studio(
+        Settings(lora_dirs=(loras,), outputs_dir=root / "outputs", cache_dir=studio_cache, model="demo")
+    )
+    studio.manager.load_model("demo")
+    port = free_port()
+    _, app = launch(studio, host="127.0.0.1", port=port, prevent_thread_lock=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser, studio_url):
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    page.goto(studio_url)
+    page.wait_for_selector("#render")
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory):
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def pick_library_file(page, name: str) -> None:
+    page.click("#library input")
+    page.get_by_role("option", name=name).click()
+    page.click("#add-lora")
+    page.wait_for_selector(f"#stack-status:has-text('Added {name.removesuffix('.safetensors')}')")
+
+
+def assert_not_blank(path) -> None:
+    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
+    assert pixels.std() > 10, f"{path} looks blank"
+
+
+def test_render_with_a_stack_in_the_browser(page, tmp_path, start_image, screenshots):
+    assert page.locator("#model-banner").inner_text().startswith("Demo model.")
+    image_path = tmp_path / "start.png"
+    start_image.save(image_path)
+    page.set_input_files("#start-image input[type=file]", str(image_path))
+    page.fill("#prompt textarea", "a cat walking")
+    for field, value in (
+        ("#frames input", "9"),
+        ("#steps input", "4"),
+        ("#width input", "32"),
+        ("#height input", "32"),
+    ):
+        page.fill(field, value)
+    pick_library_file(page, "style.safetensors")
+    pick_library_file(page, "motion.safetensors")
+    expect(page.locator(ENTRY)).to_have_count(2)
+
+    # Per-expert weights: type into the low-noise number box of the first entry.
+    first = page.locator(ENTRY).first
+    low_box = first.locator("[id^=low-] input[type=number]")
+    low_box.fill("0.25")
+    low_box.press("Enter")
+    page.wait_for_timeout(500)
+
+    # Reorder: move the second entry up, then remove the (new) second one.
+    page.locator(ENTRY).nth(1).locator("[id^=up-]").click()
+    expect(page.locator(ENTRY).first).to_contain_text("motion")
+    page.locator(ENTRY).nth(1).locator("[id^=remove-]").click()
+    expect(page.locator(ENTRY)).to_have_count(1)
+    page.locator(ENTRY).first.locator("[id^=enabled-] input").check()
+
+    page.click("#render")
+    page.wait_for_selector("#render-status:has-text('Rendered 9 frames')", timeout=120_000)
+    assert "motion (1/1)" in page.locator("#render-status").inner_text()
+    duration = page.wait_for_function(
+        "() => { const v = document.querySelector('#result-video video');"
+        " return v && v.readyState >= 1 && v.duration > 0 ? v.duration : null; }",
+        timeout=30_000,
+    ).json_value()
+    assert duration == pytest.approx(9 / 8, abs=0.2)  # the demo model renders at 8 fps
+    shot = screenshots / "render.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert_not_blank(shot)
+
+
+def test_weights_typed_in_the_browser_reach_the_render(page, tmp_path, start_image):
+    image_path = tmp_path / "start.png"
+    start_image.save(image_path)
+    page.set_input_files("#start-image input[type=file]", str(image_path))
+    for field, value in (
+        ("#frames input", "5"),
+        ("#steps input", "2"),
+        ("#width input", "32"),
+        ("#height input", "32"),
+    ):
+        page.fill(field, value)
+    pick_library_file(page, "style.safetensors")
+    entry = page.locator(ENTRY).first
+    for expert, value in (("high", "0.5"), ("low", "1.5")):
+        box = entry.locator(f"[id^={expert}-] input[type=number]")
+        box.fill(value)
+        box.press("Enter")
+    page.wait_for_timeout(500)
+    page.click("#render")
+    page.wait_for_selector("#render-status:has-text('Rendered 5 frames')", timeout=120_000)
+    assert "style (0.5/1.5)" in page.locator("#render-status").inner_text()
+
+
+def test_bad_settings_show_a_sentence(page, tmp_path, start_image):
+    image_path = tmp_path / "start.png"
+    start_image.save(image_path)
+    page.set_input_files("#start-image input[type=file]", str(image_path))
+    page.fill("#frames input", "10")
+    page.click("#render")
+    page.wait_for_selector("#render-status:has-text('4k+1')", timeout=30_000)
+    assert "nearest allowed is 9" in page.locator("#render-status").inner_text()
