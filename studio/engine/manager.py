@@ -15,9 +15,9 @@ The UI and CLI never hold model state; they build requests and call these method
 from __future__ import annotations
 
 import gc
-import hashlib
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ import numpy as np
 
 from studio.engine.plan import AdapterPlan, plan_stack
 from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
-from studio.loras.safetensors_io import load_state_dict
+from studio.loras.match import MatchReport, prepare_lora
 from studio.loras.sources import FileIdentity
 from studio.models import ModelSpec, pipeline_source, resolve_model
 from studio.settings import Settings
@@ -93,14 +93,6 @@ class RenderResult:
 ProgressFn = Callable[[StepEvent], None]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def quiet_libraries() -> None:
     """Silence the loading progress bars and chatty warnings of diffusers/transformers."""
     import diffusers.utils.logging as diffusers_logging
@@ -124,6 +116,7 @@ class PipelineManager:
         self._weights: dict[str, dict[str, float]] = {}  # component -> adapter -> active weight
         self._fused = False
         self._shift: float | None = None
+        self.reports: dict[Path, MatchReport] = {}  # match report of each loaded file
         # Counters that tests and benchmarks read.
         self.lora_file_reads = 0
         self.model_loads = 0
@@ -249,25 +242,31 @@ class PipelineManager:
             gc.collect()
 
     def _load(self, plan: AdapterPlan) -> None:
-        from studio.loras.sources import FileIdentity  # noqa: F401 (documented type)
-
+        """Read each new file once, check it fits the model, load it into its expert(s)."""
         for identity, targets in plan.to_load.items():
-            state_dict = load_state_dict(identity.path)
+            first_model = getattr(self.pipe, targets[0][0])
+            prepared = prepare_lora(identity.path, first_model, cache_dir=self.settings.cache_dir)
             self.lora_file_reads += 1
-            sha = _sha256(identity.path)
+            self.reports[identity.path] = prepared.report
             for component, adapter in targets:
                 try:
-                    self.pipe.load_lora_weights(
-                        state_dict,
-                        adapter_name=adapter,
-                        load_into_transformer_2=component == "transformer_2",
-                    )
+                    with warnings.catch_warnings():
+                        # peft warns on each extra adapter in a model; several adapters is the point here.
+                        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                        self.pipe.load_lora_weights(
+                            prepared.state_dict,
+                            adapter_name=adapter,
+                            load_into_transformer_2=component == "transformer_2",
+                            **prepared.load_kwargs,
+                        )
                 except StudioError:
                     raise
                 except Exception as exc:
                     raise _lora_load_error(identity.path, exc) from None
-                self._loras[(component, adapter)] = LoadedLora(adapter, component, identity, sha)
-            del state_dict
+                self._loras[(component, adapter)] = LoadedLora(
+                    adapter, component, identity, prepared.info.sha256
+                )
+            del prepared
 
     def _set_weights(self, weights: dict[str, dict[str, float]]) -> None:
         for component in self.components().values():

@@ -196,3 +196,36 @@ def test_switching_models_unloads_the_old_one(manager, demo_model_dir):
     spec = manager.load_model(str(demo_model_dir))
     assert manager.pipe is not old and manager.model_loads == 2 and spec.folder == demo_model_dir
     assert manager.load_model(str(demo_model_dir)) is spec or manager.model_loads == 2
+
+
+def test_a_lora_for_another_model_size_is_refused_before_it_touches_the_model(manager, lora_dir):
+    from studio.loras.synthetic import WAN_1_3B_CONFIG, make_lora_tensors, write_lora
+
+    path = write_lora(
+        lora_dir / "big.safetensors",
+        make_lora_tensors(WAN_1_3B_CONFIG, rank=2, blocks=[0], modules=["attn1.to_q"]),
+    )
+    with pytest.raises(LoraFileError, match=r"would change nothing on this model.*dim 1536"):
+        manager.apply_stack(Stack(entries=[StackEntry.single(path)]))
+    assert manager.loaded_adapters() == {}
+
+
+def test_a_partly_matching_lora_loads_with_its_report(
+    manager, start_image, lora_dir, demo_transformer_config
+):
+    from studio.loras.synthetic import make_lora_tensors, write_lora
+
+    tensors = make_lora_tensors(demo_transformer_config, layout="original", image_attention=True, seed=8)
+    path = write_lora(lora_dir / "wan21_i2v.safetensors", tensors)
+    manager.apply_stack(Stack(entries=[StackEntry.single(path)]))
+    report = manager.reports[path.resolve()]
+    assert 0 < report.percent < 100
+    assert any("k_img" in s.reason and "add_k_proj" in s.key for s in report.skipped)
+
+
+def test_a_pickle_file_is_refused_and_never_unpickled(manager, lora_dir):
+    path = lora_dir / "evil.safetensors"
+    path.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)  # a pickle stream renamed to .safetensors
+    with pytest.raises(LoraFileError):
+        manager.apply_stack(Stack(entries=[StackEntry.single(path)]))
+    assert manager.loaded_adapters() == {}
