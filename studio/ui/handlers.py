@@ -56,6 +56,13 @@ def settings_from_widgets(
     )
 
 
+def model_defaults(spec) -> list:
+    """Widget values for a model's defaults, in the order of the layout's ``default_widgets``."""
+    d = spec.defaults
+    low = d.guidance if d.guidance_low is None else d.guidance_low
+    return [d.width, d.height, d.frames, d.steps, d.guidance, low, d.shift, d.fps, d.negative_prompt]
+
+
 # ------------------------------------------------------------------- stack edits
 def add_lora(studio: Studio, state: dict, choice: str | None):
     if not choice:

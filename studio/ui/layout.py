@@ -190,21 +190,30 @@ def build_app(studio: Studio) -> gr.Blocks:
             api_visibility="private",
         )
 
-        def on_model_change(name):
+        default_widgets = [width, height, frames, steps, guidance, guidance_low, shift, fps, negative]
+
+        def on_model_change(name, version):
+            unchanged = [gr.skip()] * len(default_widgets)
             try:
                 message, loadable = studio.model_status(name)
                 if loadable and name != studio.spec.name:
                     studio.switch_model(name)
                     message = f"Loaded {studio.spec.label}."
+                    defaults = h.model_defaults(studio.spec)
+                    version += 1  # the stack view re-draws (one or two weight sliders per entry)
+                else:
+                    defaults = unchanged
                 show_download = not loadable and studio.spec.name != name and _is_hub_model(name)
-                return h.status(message, "info"), gr.update(visible=show_download), _model_banner(studio)
+                return (h.status(message, "info"), gr.update(visible=show_download), _model_banner(studio),
+                        version, *defaults)  # fmt: skip
             except StudioError as exc:
-                return h.status(str(exc), "error"), gr.update(visible=False), _model_banner(studio)
+                return (h.status(str(exc), "error"), gr.update(visible=False), _model_banner(studio), version,
+                        *unchanged)  # fmt: skip
 
         model_choice.change(
             on_model_change,
-            inputs=[model_choice],
-            outputs=[model_status, download_btn, banner],
+            inputs=[model_choice, stack_version],
+            outputs=[model_status, download_btn, banner, stack_version, *default_widgets],
             concurrency_id=GPU_QUEUE,
             api_visibility="private",
         )
