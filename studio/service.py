@@ -20,6 +20,15 @@ from studio.models import REGISTRY, ModelSpec, cuda_available, local_weights, re
 from studio.outputs import SavedRender, save_render
 from studio.settings import Settings
 from studio.stack import RenderSettings, Stack
+from studio.zerogpu import gpu_seconds, on_gpu
+
+
+def _render(manager: PipelineManager, request: RenderRequest, progress, cancel: CancelToken):
+    return manager.render(request, progress=progress, cancel=cancel)
+
+
+def _render_seconds(manager: PipelineManager, request: RenderRequest, *args) -> int:
+    return gpu_seconds(manager.spec.name if manager.spec else "", request.settings)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class Studio:
         self.manager = manager or PipelineManager(settings)
         self._tokens: dict[str, CancelToken] = {}
         self._tokens_lock = threading.Lock()
+        self._render_on_gpu = on_gpu(_render, duration=_render_seconds)
 
     # --------------------------------------------------------------- models
     @property
@@ -93,7 +103,7 @@ class Studio:
             self._tokens[session] = token
         try:
             request = RenderRequest(image=image, settings=settings, stack=stack, fuse=fuse)
-            result = self.manager.render(request, progress=progress, cancel=token)
+            result = self._render_on_gpu(self.manager, request, progress, token)
             return save_render(request, result, outputs_dir=self.settings.outputs_dir)
         finally:
             with self._tokens_lock:
