@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from studio.cli_inspect import add_inspect_parser, cmd_inspect
 from studio.errors import RenderCancelled, StudioError, ValidationError
 
 EXIT_USER_ERROR = 2
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo-model", help="build the offline demo model if needed and print its folder")
     d = sub.add_parser("download", help="download a model's weights from the Hugging Face Hub")
     d.add_argument("model", help="wan2.2-i2v-a14b or wan2.2-ti2v-5b")
+    add_inspect_parser(sub)
     return parser
 
 
@@ -183,7 +185,12 @@ def cmd_download(args) -> int:
     return 0
 
 
-COMMANDS = {"render": cmd_render, "demo-model": cmd_demo_model, "download": cmd_download}
+COMMANDS = {
+    "render": cmd_render,
+    "demo-model": cmd_demo_model,
+    "download": cmd_download,
+    "inspect": cmd_inspect,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,6 +136,12 @@ class LoraInfo(BaseModel):
     module_kinds: list[str] = []
     num_blocks: int = 0
     max_block: int | None = None
+    # LoRA modules (those counted in num_modules) per block index, per kind, and the
+    # (diffusers) names of those outside the blocks: enough to tell from the header how
+    # much of the file lands on a model with fewer blocks or without image attention.
+    block_modules: dict[int, int] = {}
+    kind_modules: dict[str, int] = {}
+    top_modules: list[str] = []
 
     model_dim: int | None = None
     ffn_dim: int | None = None
@@ -199,6 +205,11 @@ def pair_candidates(name: str) -> list[tuple[Expert, str]]:
     for kind, m in _expert_words(name, letters_anywhere=True):
         out.append((kind, name[: m.start()] + _swap_word(m.group("word")) + name[m.end() :]))
     return out
+
+
+def expert_markers(name: str) -> list[tuple[Expert, int, int]]:
+    """(expert, start, end) of each high/low marker in ``name``, in :func:`pair_candidates` order."""
+    return [(kind, m.start(), m.end()) for kind, m in _expert_words(name, letters_anywhere=True)]
 
 
 def _sibling_hint(path: Path) -> tuple[Expert | None, str | None]:
@@ -388,11 +399,13 @@ def summarise(
     modules: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
     diffusers_names: dict[tuple[str, str], str | None] = {}
     kinds: dict[tuple[str, str], str] = {}
+    block_of: dict[tuple[str, str], int | None] = {}
     for p in parsed:
         mkey = (p.naming, p.module)
         modules.setdefault(mkey, {})[p.param] = header.tensors[p.key].shape
         diffusers_names[mkey] = p.diffusers_module
         kinds[mkey] = p.kind
+        block_of[mkey] = p.block
 
     ranks: Counter[int] = Counter()
     votes: Counter[int] = Counter()
@@ -400,6 +413,9 @@ def summarise(
     lora_modules = 0
     diff_b_modules = 0
     weight_modules = 0
+    block_modules: Counter[int] = Counter()
+    kind_modules: Counter[str] = Counter()
+    top_modules: list[str] = []
     for mkey, params in modules.items():
         fan_in, fan_out, rank = _module_io(params)
         has_weight = (
@@ -408,6 +424,12 @@ def summarise(
         )
         if has_weight or ("diff_b" in params and kinds[mkey] != "norm"):
             lora_modules += 1
+            kind_modules[kinds[mkey]] += 1
+            block = block_of[mkey]
+            if block is not None:
+                block_modules[block] += 1
+            else:
+                top_modules.append(diffusers_names[mkey] or mkey[1])
         if has_weight:
             weight_modules += 1
             if "diff_b" in params:
@@ -479,6 +501,9 @@ def summarise(
         module_kinds=sorted({kinds[m] for m in modules if kinds[m] != "other"}),
         num_blocks=len(blocks),
         max_block=max(blocks) if blocks else None,
+        block_modules=dict(sorted(block_modules.items())),
+        kind_modules=dict(sorted(kind_modules.items())),
+        top_modules=sorted(top_modules),
         model_dim=model_dim,
         ffn_dim=ffn_dims.most_common(1)[0][0] if ffn_dims else None,
         image_attention=image_attention,
