@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, StepEvent
-from studio.loras.sources import list_lora_files
+from studio.errors import LoraFileError
+from studio.loras.compat import Compat, check_compat
+from studio.loras.library import LibraryItem, LoraLibrary
 from studio.models import REGISTRY, ModelSpec, cuda_available, local_weights, resolve_model
 from studio.outputs import SavedRender, save_render
 from studio.settings import Settings
-from studio.stack import RenderSettings, Stack
+from studio.stack import RenderSettings, Stack, StackEntry
 from studio.zerogpu import gpu_seconds, on_gpu
 
 
@@ -31,18 +31,13 @@ def _render_seconds(manager: PipelineManager, request: RenderRequest, *args) -> 
     return gpu_seconds(manager.spec.name if manager.spec else "", request.settings)
 
 
-@dataclass(frozen=True)
-class LibraryItem:
-    label: str  # path relative to its LoRA folder
-    path: Path
-
-
 class Studio:
     def __init__(self, settings: Settings, manager: PipelineManager | None = None) -> None:
         self.settings = settings
         self.manager = manager or PipelineManager(settings)
         self._tokens: dict[str, CancelToken] = {}
         self._tokens_lock = threading.Lock()
+        self.lora_library = LoraLibrary(settings.resolved_lora_dirs(), settings.cache_dir)
         self._render_on_gpu = on_gpu(_render, duration=_render_seconds)
 
     # --------------------------------------------------------------- models
@@ -79,13 +74,32 @@ class Studio:
         return self.manager.load_model(name)
 
     # -------------------------------------------------------------- library
-    def library(self) -> list[LibraryItem]:
-        roots = self.settings.resolved_lora_dirs()
-        items = []
-        for path in list_lora_files(roots):
-            root = next((r for r in roots if path.is_relative_to(r)), path.parent)
-            items.append(LibraryItem(label=str(path.relative_to(root)), path=path))
-        return items
+    def library(self, *, refresh: bool = False) -> list[LibraryItem]:
+        """The LoRA files and pairs under the LoRA folders (a rescan reads only new or changed files)."""
+        return self.lora_library.refresh() if refresh else self.lora_library.scan()
+
+    def library_item(self, item_id: str) -> LibraryItem:
+        item = next((i for i in self.lora_library.items if i.id == item_id), None)
+        if item is None:
+            raise LoraFileError("That LoRA is no longer in the library; press Refresh.")
+        return item
+
+    def compat(self, item: LibraryItem) -> Compat:
+        """The item's badge on the loaded model, from the file headers (the worse half of a pair)."""
+        if item.error:
+            return Compat(level="incompatible", percent=0.0, reason=item.error)
+        config = dict(self.manager.transformer_config())
+        badges = [check_compat(info, config, model_name=self.spec.label) for info in item.infos]
+        order = {"incompatible": 0, "partial": 1, "compatible": 2}
+        return min(badges, key=lambda c: (order[c.level], c.percent))
+
+    def entry_for(self, item_id: str) -> tuple[StackEntry, Compat]:
+        """A stack entry for a library item; refused when it would change nothing on the model."""
+        item = self.library_item(item_id)
+        compat = self.compat(item)
+        if compat.level == "incompatible":
+            raise LoraFileError(f"{item.label} cannot be added: {compat.reason}")
+        return item.to_stack_entry(), compat
 
     # --------------------------------------------------------------- render
     def render(

@@ -35,12 +35,34 @@ def test_a_real_model_without_weights_offers_the_download(studio, tmp_path, monk
     assert loadable and "random weights" in message
 
 
-def test_library_lists_files_relative_to_their_folder(studio, make_lora, lora_dir):
+def test_library_lists_files_and_pairs_with_a_badge(studio, make_lora, lora_dir):
     (lora_dir / "sub").mkdir()
     make_lora("sub/b.safetensors")
     make_lora("a.safetensors")
+    make_lora("speed_high_noise.safetensors", seed=1)
+    make_lora("speed_low_noise.safetensors", seed=2)
     (lora_dir / "notes.txt").write_text("not a lora")
-    assert [item.label for item in studio.library()] == ["a.safetensors", "sub/b.safetensors"]
+    items = {item.label: item for item in studio.library()}
+    assert set(items) == {"a", "b", "speed"}
+    assert items["b"].rel_path == "sub/b.safetensors"
+    assert items["speed"].kind == "pair"
+    assert all(studio.compat(item).level == "compatible" for item in items.values())
+    entry, _ = studio.entry_for(items["speed"].id)
+    assert entry.is_pair and entry.high.path.endswith("speed_high_noise.safetensors")
+
+
+def test_an_incompatible_lora_cannot_be_added(studio, lora_dir):
+    from studio.errors import LoraFileError
+    from studio.loras.synthetic import WAN_14B_CONFIG, make_lora_tensors, write_lora
+
+    write_lora(
+        lora_dir / "big.safetensors",
+        make_lora_tensors(WAN_14B_CONFIG, rank=1, blocks=[0], modules=["attn1.to_q"]),
+    )
+    (item,) = studio.library()
+    assert studio.compat(item).level == "incompatible"
+    with pytest.raises(LoraFileError, match="cannot be added: .*14B"):
+        studio.entry_for(item.id)
 
 
 def test_cancel_only_stops_the_callers_render(studio, start_image):

@@ -180,6 +180,12 @@ class PipelineManager:
         if self.pipe is None:
             self.load_model()
 
+    def transformer_config(self) -> dict[str, Any]:
+        """The loaded model's transformer config (what LoRA compatibility is checked against)."""
+        with self._lock:
+            self._require_model()
+            return dict(self.pipe.transformer.config)
+
     def components(self) -> dict[str, str]:
         """Expert → pipeline component name for the loaded model."""
         assert self.spec is not None

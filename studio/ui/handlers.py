@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -17,7 +16,8 @@ import gradio as gr
 from studio.errors import RenderCancelled, StudioError
 from studio.images import load_start_image
 from studio.service import Studio
-from studio.stack import RenderSettings, Stack, StackEntry, build
+from studio.stack import RenderSettings, Stack, build
+from studio.ui.library_view import choice_label, details_html, trigger_words
 
 SLIDER_MIN, SLIDER_MAX = -2.0, 4.0
 
@@ -64,15 +64,51 @@ def model_defaults(spec) -> list:
 
 
 # ------------------------------------------------------------------- stack edits
-def add_lora(studio: Studio, state: dict, choice: str | None):
-    if not choice:
-        return state, status("Choose a LoRA file in the library first.", "error")
-    path = Path(choice)
-    item = next((i for i in studio.library() if str(i.path) == choice), None)
-    if item is None:
-        return state, status("That file is no longer in the LoRA folders; press Refresh.", "error")
-    stack = to_stack(state).added(StackEntry.single(path, 1.0, 1.0, name=path.stem))
-    return from_stack(stack), status(f"Added {path.stem} on both experts at weight 1.0.", "ok")
+def library_choices(studio: Studio) -> list[tuple[str, str]]:
+    return [(choice_label(item, studio.compat(item)), item.id) for item in studio.library()]
+
+
+def library_details(studio: Studio, item_id: str | None) -> str:
+    if not item_id:
+        return ""
+    try:
+        item = studio.library_item(item_id)
+        return details_html(item, studio.compat(item))
+    except StudioError as exc:
+        return status(str(exc), "error")
+
+
+def add_lora(studio: Studio, state: dict, item_id: str | None):
+    """Add a library item (file or pair) to the stack; refused at once when it would change nothing."""
+    if not item_id:
+        return state, status("Choose a LoRA in the library first.", "error")
+    try:
+        entry, compat = studio.entry_for(item_id)
+    except StudioError as exc:
+        return state, status(str(exc), "error")
+    stack = to_stack(state).added(entry)
+    where = {("high", "low"): "both experts"}.get(
+        tuple(entry.applies_to()), " and ".join(entry.applies_to()) + "-noise"
+    )
+    message = f"Added {entry.name} on {where}."
+    if compat.level == "partial":
+        message += f" Warning: only about {compat.percent:.0f}% of it fits this model. {compat.reason}"
+        return from_stack(stack), status(message, "warning")
+    return from_stack(stack), status(message, "ok")
+
+
+def insert_trigger_words(studio: Studio, item_id: str | None, prompt: str):
+    if not item_id:
+        return gr.skip(), status("Choose a LoRA in the library first.", "error")
+    try:
+        words = trigger_words(studio.library_item(item_id))
+    except StudioError as exc:
+        return gr.skip(), status(str(exc), "error")
+    if not words:
+        return gr.skip(), status("This LoRA names no trigger words in its metadata.", "info")
+    missing = [w for w in words if w.lower() not in (prompt or "").lower()]
+    new_prompt = ", ".join([p for p in [(prompt or "").strip(), *missing] if p])
+    return new_prompt, status(f"Inserted: {', '.join(missing) or 'already in the prompt'}.", "ok")
 
 
 def edit_entry(state: dict, entry_id: str, **changes: Any):

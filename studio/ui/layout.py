@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -100,7 +101,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                         [], label="LoRA library", elem_id="library", scale=4, allow_custom_value=False
                     )
                     refresh_btn = gr.Button("Refresh", scale=1, elem_id="refresh-library")
-                add_btn = gr.Button("Add to stack", elem_id="add-lora")
+                library_card = gr.HTML("", elem_id="library-card")
+                with gr.Row():
+                    add_btn = gr.Button("Add to stack", elem_id="add-lora", variant="secondary")
+                    trigger_btn = gr.Button("Insert trigger words", elem_id="insert-triggers", size="sm")
                 stack_status = gr.HTML("", elem_id="stack-status")
 
                 @gr.render(inputs=[stack_state], triggers=[stack_version.change, app.load])
@@ -173,11 +177,22 @@ def build_app(studio: Studio) -> gr.Blocks:
         )
 
         def refresh_library():
-            items = studio.library()
-            return gr.update(choices=[(i.label, str(i.path)) for i in items], value=None)
+            return gr.update(choices=h.library_choices(studio), value=None), ""
 
-        app.load(refresh_library, outputs=[library], api_visibility="private")
-        refresh_btn.click(refresh_library, outputs=[library], api_visibility="private")
+        app.load(refresh_library, outputs=[library, library_card], api_visibility="private")
+        refresh_btn.click(refresh_library, outputs=[library, library_card], api_visibility="private")
+        library.change(
+            partial(h.library_details, studio),
+            inputs=[library],
+            outputs=[library_card],
+            api_visibility="private",
+        )
+        trigger_btn.click(
+            partial(h.insert_trigger_words, studio),
+            inputs=[library, prompt],
+            outputs=[prompt, stack_status],
+            api_visibility="private",
+        )
 
         def add(state, choice, version):
             new_state, message = h.add_lora(studio, state, choice)

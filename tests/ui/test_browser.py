@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import numpy as np
@@ -38,6 +39,19 @@ def studio_url(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_
     loras = root / "loras"
     write_lora(loras / "style.safetensors", make_lora_tensors(demo_transformer_config, seed=1, scale=0.3))
     write_lora(loras / "motion.safetensors", make_lora_tensors(demo_transformer_config, seed=2, scale=0.3))
+    write_lora(loras / "speed_high_noise.safetensors", make_lora_tensors(demo_transformer_config, seed=3))
+    write_lora(loras / "speed_low_noise.safetensors", make_lora_tensors(demo_transformer_config, seed=4))
+    write_lora(
+        loras / "anime.safetensors",
+        make_lora_tensors(demo_transformer_config, seed=5),
+        metadata={"modelspec.trigger_phrase": "anime style"},
+    )
+    from studio.loras.synthetic import WAN_14B_CONFIG
+
+    write_lora(
+        loras / "big14b.safetensors",
+        make_lora_tensors(WAN_14B_CONFIG, rank=1, blocks=[0], modules=["attn1.to_q"]),
+    )
     studio = Studio(
         Settings(lora_dirs=(loras,), outputs_dir=root / "outputs", cache_dir=studio_cache, model="demo")
     )
@@ -73,11 +87,17 @@ def screenshots(tmp_path_factory):
     return tmp_path_factory.mktemp("screenshots")
 
 
-def pick_library_file(page, name: str) -> None:
+def choose_in_library(page, label: str) -> None:
     page.click("#library input")
-    page.get_by_role("option", name=name).click()
+    page.get_by_role("option", name=re.compile(rf"^{re.escape(label)} · ")).click()
+    expect(page.locator("#library-card")).to_contain_text(label)
+
+
+def pick_library_file(page, name: str) -> None:
+    label = name.removesuffix(".safetensors")
+    choose_in_library(page, label)
     page.click("#add-lora")
-    page.wait_for_selector(f"#stack-status:has-text('Added {name.removesuffix('.safetensors')}')")
+    page.wait_for_selector(f"#stack-status:has-text('Added {label}')")
 
 
 def assert_not_blank(path) -> None:
@@ -161,3 +181,28 @@ def test_bad_settings_show_a_sentence(page, tmp_path, start_image):
     page.click("#render")
     page.wait_for_selector("#render-status:has-text('4k+1')", timeout=30_000)
     assert "nearest allowed is 9" in page.locator("#render-status").inner_text()
+
+
+def test_library_shows_pairs_badges_and_trigger_words(page, screenshots):
+    choose_in_library(page, "speed")
+    card = page.locator("#library-card")
+    expect(card).to_contain_text("high + low pair")
+    expect(card.locator(".lora-badge")).to_have_text("compatible")
+    page.click("#add-lora")
+    expect(page.locator(ENTRY)).to_have_count(1)
+    expect(page.locator(ENTRY).first).to_contain_text("high: speed_high_noise.safetensors")
+    expect(page.locator(ENTRY).first).to_contain_text("low: speed_low_noise.safetensors")
+
+    choose_in_library(page, "big14b")
+    expect(page.locator("#library-card .lora-badge")).to_have_text("incompatible")
+    page.click("#add-lora")
+    expect(page.locator("#stack-status")).to_contain_text("cannot be added")
+    expect(page.locator(ENTRY)).to_have_count(1)
+
+    choose_in_library(page, "anime")
+    page.fill("#prompt textarea", "a girl dancing")
+    page.click("#insert-triggers")
+    expect(page.locator("#prompt textarea")).to_have_value("a girl dancing, anime style")
+    shot = screenshots / "library.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert_not_blank(shot)
