@@ -233,21 +233,9 @@ def hub_download_size(spec: ModelSpec) -> int:
 
 
 def hub_failure_message(spec: ModelSpec, exc: Exception) -> str:
-    from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
+    from studio.hub_errors import hub_failure_message as sentence
 
-    if isinstance(exc, OfflineModeIsEnabled):
-        return "The Hugging Face Hub is switched off (HF_HUB_OFFLINE is set); unset it to download models."
-    if isinstance(exc, GatedRepoError):
-        return (
-            f"{spec.repo_id} needs you to accept its licence on huggingface.co and an access token "
-            "(set HF_TOKEN); then try again."
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        return f"{spec.repo_id} was not found on the Hugging Face Hub; check the name or your access token."
-    return (
-        f"The Hugging Face Hub cannot be reached ({type(exc).__name__}); check the network connection "
-        "and try again. The rest of the studio keeps working."
-    )
+    return sentence(exc, repo=spec.repo_id, action="download models")
 
 
 def download_model(spec: ModelSpec, progress: Callable[[int, int], None] | None = None) -> Path:
@@ -264,14 +252,28 @@ def download_model(spec: ModelSpec, progress: Callable[[int, int], None] | None 
 
 
 def _progress_tqdm(progress: Callable[[int, int], None]):
-    """A tqdm class that reports byte progress to ``progress`` (huggingface_hub accepts ``tqdm_class``)."""
+    """A tqdm class that reports byte progress to ``progress(done, total)``.
+
+    ``snapshot_download`` (which accepts ``tqdm_class``) opens two byte bars that both
+    aggregate all files (bytes received, bytes written incl. resumed parts) and a file
+    counter, which is ignored; the furthest byte bar is reported, so it never steps back.
+    """
+    import threading
+
     from tqdm.auto import tqdm
+
+    bars: dict[int, tuple[int, int]] = {}
+    lock = threading.Lock()
 
     class _Reporter(tqdm):
         def update(self, n=1):
             result = super().update(n)
-            if self.unit == "B" and self.total:
-                progress(int(self.n), int(self.total))
+            if self.unit == "B":
+                with lock:
+                    bars[id(self)] = (int(self.n), int(self.total or 0))
+                    done = max(d for d, _ in bars.values())
+                    total = max(t for _, t in bars.values())
+                progress(done, max(total, done))
             return result
 
     return _Reporter

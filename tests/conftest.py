@@ -71,3 +71,6 @@ def start_image() -> Image.Image:
     rng = np.random.default_rng(7)
     pixels = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
     return Image.fromarray(pixels, "RGB")
+
+
+from fakehub.fixtures import fake_hub  # noqa: E402, F401  (the loopback Hub, for every Hub test)

@@ -1,0 +1,30 @@
+"""Pytest fixtures for tests that talk to the fake Hub.
+
+For the whole suite, ``tests/conftest.py`` imports them: ``from fakehub.fixtures import fake_hub  # noqa: F401``.
+A single test module can bind it instead (``fake_hub = fakehub.fixtures.fake_hub``: an import would make ruff
+flag every test argument named ``fake_hub`` as a redefinition, F811).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .env import HubEnv
+from .server import FakeHub
+
+
+@pytest.fixture
+def fake_hub(tmp_path) -> Iterator[FakeHub]:
+    """A running fake Hub, with the ``huggingface_hub`` client switched to it for the test.
+
+    ``HF_HOME`` is ``tmp_path / "hf-home"`` (``fake_hub.env.cache_dir`` is its ``hub`` cache), offline mode is
+    off, no token is set, telemetry is off. ``fake_hub.env`` is the :class:`~fakehub.env.HubEnv`:
+    ``fake_hub.env.switch(offline=True)``, ``switch(endpoint=unused_loopback_url())`` or ``switch(token=...)``
+    change the client's view for the rest of the test. Everything is restored afterwards.
+    """
+    with FakeHub() as hub, HubEnv(hub.url, tmp_path / "hf-home") as env:
+        hub.env = env
+        yield hub
+        hub.env = None
