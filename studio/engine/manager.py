@@ -14,6 +14,7 @@ The UI and CLI never hold model state; they build requests and call these method
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
@@ -120,6 +121,8 @@ class PipelineManager:
         # Counters that tests and benchmarks read.
         self.lora_file_reads = 0
         self.model_loads = 0
+        # Test hook: called with "lora_load", "step" or "decode"; tests raise faults from it.
+        self.fault_hook: Callable[[str], None] | None = None
 
     # ----------------------------------------------------------------- model
     @property
@@ -222,14 +225,34 @@ class PipelineManager:
             )
             if unchanged:
                 return plan
-            if self._fused:
-                self._unfuse()
-            self._delete(plan.to_delete)
-            self._load(plan)
-            self._set_weights(plan.weights)
-            if fuse:
-                self._fuse()
+            with self._oom_guard("loading the LoRAs"):
+                if self._fused:
+                    self._unfuse()
+                self._delete(plan.to_delete)
+                self._load(plan)
+                self._set_weights(plan.weights)
+                if fuse:
+                    self._fuse()
             return plan
+
+    @contextlib.contextmanager
+    def _oom_guard(self, doing: str, settings: RenderSettings | None = None):
+        """Turn an out-of-memory error into OutOfMemory (with advice), keeping the model usable."""
+        import torch
+
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            self._recover_from_oom()
+            advice = (
+                _oom_advice(settings)
+                if settings is not None
+                else (
+                    f"The GPU ran out of memory {doing}. Remove a LoRA, or choose a memory mode with offloading; "
+                    "the model is still loaded."
+                )
+            )
+            raise OutOfMemory(advice) from None
 
     def _delete(self, keys) -> None:
         by_component: dict[str, list[str]] = {}
@@ -256,6 +279,7 @@ class PipelineManager:
             self.reports[identity.path] = prepared.report
             for component, adapter in targets:
                 try:
+                    self._fault("lora_load")
                     with warnings.catch_warnings():
                         # peft warns on each extra adapter in a model; several adapters is the point here.
                         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
@@ -265,14 +289,24 @@ class PipelineManager:
                             load_into_transformer_2=component == "transformer_2",
                             **prepared.load_kwargs,
                         )
-                except StudioError:
-                    raise
-                except Exception as exc:
+                except BaseException as exc:
+                    self._discard_partial(component, adapter)
+                    if isinstance(exc, StudioError) or not isinstance(exc, Exception) or _is_oom(exc):
+                        raise
                     raise _lora_load_error(identity.path, exc) from None
                 self._loras[(component, adapter)] = LoadedLora(
                     adapter, component, identity, prepared.info.sha256
                 )
             del prepared
+
+    def _discard_partial(self, component: str, adapter: str) -> None:
+        """Remove what a failed load left of ``adapter`` in ``component`` (so a retry can load it)."""
+        model = getattr(self.pipe, component)
+        if adapter in (getattr(model, "peft_config", None) or {}):
+            if any(c == component for c, _ in self._loras):
+                model.delete_adapters([adapter])
+            else:
+                model.unload_lora()
 
     def _set_weights(self, weights: dict[str, dict[str, float]]) -> None:
         for component in self.components().values():
@@ -327,90 +361,103 @@ class PipelineManager:
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
     ) -> RenderResult:
-        """Render ``request``; raises RenderCancelled, OutOfMemory or another StudioError."""
+        """Render ``request``; raises RenderCancelled, OutOfMemory or another StudioError.
+
+        An out-of-memory error anywhere in the render (loading LoRAs, a denoising step,
+        the VAE decode) is caught here: memory is freed, the model stays loaded and usable,
+        and the error says which setting to lower.
+        """
         import torch
 
         cancel = cancel or CancelToken()
         with self._lock:
-            self._require_model()
-            spec = self.spec
-            settings = request.settings.with_seed()
-            self._check_settings(settings)
-            timings: dict[str, float] = {}
-            t0 = time.perf_counter()
-            self.apply_stack(request.stack, fuse=request.fuse)
-            timings["apply_stack_s"] = time.perf_counter() - t0
-            if cancel.cancelled:
-                raise RenderCancelled()
-            self._set_shift(settings.shift)
-
-            from studio.images import fit_image
-
-            image = fit_image(request.image, settings.width, settings.height)
-            experts: list[str] = []
-            boundary = (spec.boundary_ratio or 0.0) * self.pipe.scheduler.config.num_train_timesteps
-            two_experts = spec.experts == 2 and spec.boundary_ratio is not None
-
-            def on_step(pipe, i, t, kwargs):
-                expert = "high" if (not two_experts or float(t) >= boundary) else "low"
-                experts.append(expert)
-                if progress is not None:
-                    latents = (
-                        kwargs["latents"].detach().float().cpu().clone()
-                        if request.capture_step_latents
-                        else None
-                    )
-                    progress(StepEvent(i + 1, settings.steps, float(t), expert, latents))
-                if cancel.cancelled:
-                    pipe._interrupt = True
-                return {}
-
-            generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-            t1 = time.perf_counter()
             try:
-                out = self.pipe(
-                    image=image,
-                    prompt=settings.prompt,
-                    negative_prompt=settings.negative_prompt or None,
-                    height=settings.height,
-                    width=settings.width,
-                    num_frames=settings.frames,
-                    num_inference_steps=settings.steps,
-                    guidance_scale=settings.guidance,
-                    guidance_scale_2=settings.effective_guidance_low if two_experts else None,
-                    generator=generator,
-                    output_type="latent",
-                    callback_on_step_end=on_step,
-                    return_dict=True,
-                )
-            except torch.OutOfMemoryError:
+                return self._render(request, progress, cancel)
+            except (torch.OutOfMemoryError, OutOfMemory):
                 self._recover_from_oom()
-                raise OutOfMemory(_oom_advice(settings)) from None
+                raise OutOfMemory(_oom_advice(request.settings)) from None
             finally:
-                self.pipe._interrupt = False
-            timings["denoise_s"] = time.perf_counter() - t1
+                if self.pipe is not None:
+                    self.pipe._interrupt = False
+
+    def _fault(self, point: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(point)
+
+    def _render(
+        self, request: RenderRequest, progress: ProgressFn | None, cancel: CancelToken
+    ) -> RenderResult:
+        import torch
+
+        from studio.images import fit_image
+
+        self._require_model()
+        spec = self.spec
+        settings = request.settings.with_seed()
+        self._check_settings(settings)
+        if cancel.cancelled:
+            raise RenderCancelled()
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        self.apply_stack(request.stack, fuse=request.fuse)
+        timings["apply_stack_s"] = time.perf_counter() - t0
+        if cancel.cancelled:
+            raise RenderCancelled()
+        self._set_shift(settings.shift)
+        image = fit_image(request.image, settings.width, settings.height)
+        experts: list[str] = []
+        boundary = (spec.boundary_ratio or 0.0) * self.pipe.scheduler.config.num_train_timesteps
+        two_experts = spec.experts == 2 and spec.boundary_ratio is not None
+
+        def on_step(pipe, i, t, kwargs):
+            expert = "high" if (not two_experts or float(t) >= boundary) else "low"
+            experts.append(expert)
+            self._fault("step")
+            if progress is not None:
+                latents = (
+                    kwargs["latents"].detach().float().cpu().clone() if request.capture_step_latents else None
+                )
+                progress(StepEvent(i + 1, settings.steps, float(t), expert, latents))
             if cancel.cancelled:
-                raise RenderCancelled()
-            latents = out.frames
-            frames = None
-            if request.decode:
-                t2 = time.perf_counter()
-                try:
-                    frames = self.decode(latents)
-                except torch.OutOfMemoryError:
-                    self._recover_from_oom()
-                    raise OutOfMemory(_oom_advice(settings)) from None
-                timings["decode_s"] = time.perf_counter() - t2
-            timings["total_s"] = time.perf_counter() - t0
-            return RenderResult(
-                settings=settings,
-                latents=latents.detach().float().cpu(),
-                frames=frames,
-                experts_per_step=experts,
-                loras=self.lora_records(),
-                timings=timings,
-                model={"name": spec.name, "repo_id": spec.repo_id, "label": spec.label, "demo": spec.is_demo},
-            )
+                pipe._interrupt = True
+            return {}
+
+        generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+        t1 = time.perf_counter()
+        out = self.pipe(
+            image=image,
+            prompt=settings.prompt,
+            negative_prompt=settings.negative_prompt or None,
+            height=settings.height,
+            width=settings.width,
+            num_frames=settings.frames,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            guidance_scale_2=settings.effective_guidance_low if two_experts else None,
+            generator=generator,
+            output_type="latent",
+            callback_on_step_end=on_step,
+            return_dict=True,
+        )
+        timings["denoise_s"] = time.perf_counter() - t1
+        if cancel.cancelled:
+            raise RenderCancelled()
+        latents = out.frames
+        frames = None
+        if request.decode:
+            t2 = time.perf_counter()
+            frames = self.decode(latents)
+            timings["decode_s"] = time.perf_counter() - t2
+        timings["total_s"] = time.perf_counter() - t0
+        return RenderResult(
+            settings=settings,
+            latents=latents.detach().float().cpu(),
+            frames=frames,
+            experts_per_step=experts,
+            loras=self.lora_records(),
+            timings=timings,
+            model={"name": spec.name, "repo_id": spec.repo_id, "label": spec.label, "demo": spec.is_demo},
+        )
 
     def decode(self, latents) -> np.ndarray:
         """Latents → uint8 frames [F, H, W, 3], exactly as the pipeline would decode them."""
@@ -418,6 +465,7 @@ class PipelineManager:
         from diffusers.utils.torch_utils import get_module_execution_device
 
         vae = self.pipe.vae
+        self._fault("decode")
         with torch.no_grad():
             latents = latents.to(device=get_module_execution_device(vae), dtype=vae.dtype)
             mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1)
@@ -448,9 +496,19 @@ class PipelineManager:
             )
 
     def _recover_from_oom(self) -> None:
-        self.pipe._interrupt = False
+        if self.pipe is not None:
+            self.pipe._interrupt = False
+            if self._fused:  # weights may hold a half-applied fuse: put the model back
+                self._unfuse()
+            self.pipe.maybe_free_model_hooks()
         gc.collect()
         _empty_cuda_cache()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
 
 
 def _empty_cuda_cache() -> None:
