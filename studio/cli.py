@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from studio.cli_inspect import add_inspect_parser, cmd_inspect
+from studio.cli_presets import PRESET_COMMANDS, add_presets_parsers
 from studio.errors import RenderCancelled, StudioError, ValidationError
 
 EXIT_USER_ERROR = 2
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="studio", description="Wan LoRA Studio, headless.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_render(sub)
+    add_presets_parsers(sub)
     sub.add_parser("demo-model", help="build the offline demo model if needed and print its folder")
     d = sub.add_parser("download", help="download a model's weights from the Hugging Face Hub")
     d.add_argument("model", help="wan2.2-i2v-a14b or wan2.2-ti2v-5b")
@@ -190,6 +192,7 @@ COMMANDS = {
     "demo-model": cmd_demo_model,
     "download": cmd_download,
     "inspect": cmd_inspect,
+    **PRESET_COMMANDS,
 }
 
 

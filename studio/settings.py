@@ -8,6 +8,7 @@ Environment variables (a Space sets these in its settings):
 - ``STUDIO_LORA_DIRS``: extra LoRA folders, separated by ``os.pathsep`` (``:`` on Linux).
 - ``STUDIO_OUTPUTS``: where renders are written (default ``./outputs``).
 - ``STUDIO_CACHE``: where the demo model and other caches live (default ``./.studio-cache``).
+- ``STUDIO_PRESETS``: the user's presets folder (default ``./user_presets``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Settings:
     lora_dirs: tuple[Path, ...] = (Path("loras"),)
     outputs_dir: Path = Path("outputs")
     cache_dir: Path = Path(".studio-cache")
+    presets_dir: Path = Path("user_presets")  # the user's own presets (shipped ones live in ./presets)
     model: str | None = None  # None: pick the default (see studio.models.default_model_name)
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -39,6 +41,7 @@ class Settings:
             lora_dirs=tuple(dict.fromkeys(lora_dirs)),
             outputs_dir=Path(env.get("STUDIO_OUTPUTS") or "outputs"),
             cache_dir=Path(env.get("STUDIO_CACHE") or ".studio-cache"),
+            presets_dir=Path(env.get("STUDIO_PRESETS") or "user_presets"),
             model=env.get("STUDIO_MODEL") or None,
         )
         return settings.with_(**{k: v for k, v in overrides.items() if v is not None})
@@ -46,7 +49,7 @@ class Settings:
     def with_(self, **changes) -> Settings:
         if "lora_dirs" in changes:
             changes["lora_dirs"] = tuple(dict.fromkeys(Path(p) for p in changes["lora_dirs"]))
-        for key in ("outputs_dir", "cache_dir"):
+        for key in ("outputs_dir", "cache_dir", "presets_dir"):
             if key in changes:
                 changes[key] = Path(changes[key])
         return replace(self, **changes)
