@@ -14,6 +14,7 @@ from studio.ui import handlers as h
 from studio.ui.api import register_api
 from studio.ui.compare_tab import build_compare_tab
 from studio.ui.history_tab import build_history_tab
+from studio.ui.presets_panel import build_presets_panel
 from studio.ui.refs import EditorRefs
 
 CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "studio.css"
@@ -41,147 +42,141 @@ def build_app(studio: Studio) -> gr.Blocks:
         banner = gr.HTML(_model_banner(studio), elem_id="model-banner")
 
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("Studio", id="studio", elem_id="tab-studio"), gr.Row(equal_height=False):
-                # ------------------------------------------------------------ inputs
-                with gr.Column(scale=5, min_width=320):
-                    with gr.Row():
-                        model_choice = gr.Dropdown(
-                            studio.model_choices(),
-                            value=spec.name,
-                            label="Model",
-                            elem_id="model-choice",
-                            scale=4,
-                        )
-                        download_btn = gr.Button(
-                            "Download weights", visible=False, scale=1, elem_id="download"
-                        )
-                    model_status = gr.HTML("", elem_id="model-status")
-                    image = gr.Image(
-                        label="Start image",
-                        type="pil",
-                        sources=["upload", "clipboard"],
-                        elem_id="start-image",
-                        height=260,
-                    )
-                    prompt = gr.Textbox(
-                        label="Prompt", lines=3, elem_id="prompt", placeholder="What happens in the video"
-                    )
-                    negative = gr.Textbox(
-                        label="Negative prompt", value=d.negative_prompt, lines=2, elem_id="negative"
-                    )
-                    with gr.Accordion("Settings", open=True):
+            with gr.Tab("Studio", id="studio", elem_id="tab-studio"):
+                with gr.Row(equal_height=False):
+                    # ------------------------------------------------------------ inputs
+                    with gr.Column(scale=5, min_width=320):
                         with gr.Row():
-                            width = gr.Number(
-                                d.width, label="Width", precision=0, step=16, minimum=16, elem_id="width"
+                            model_choice = gr.Dropdown(
+                                studio.model_choices(),
+                                value=spec.name,
+                                label="Model",
+                                elem_id="model-choice",
+                                scale=4,
                             )
-                            height = gr.Number(
-                                d.height,
-                                label="Height",
-                                precision=0,
-                                step=16,
-                                minimum=16,
-                                elem_id="height",
+                            download_btn = gr.Button(
+                                "Download weights", visible=False, scale=1, elem_id="download"
                             )
-                            frames = gr.Number(
-                                d.frames,
-                                label="Frames (4k+1)",
-                                precision=0,
-                                step=4,
-                                minimum=1,
-                                elem_id="frames",
+                        model_status = gr.HTML("", elem_id="model-status")
+                        image = gr.Image(
+                            label="Start image",
+                            type="pil",
+                            sources=["upload", "clipboard"],
+                            elem_id="start-image",
+                            height=260,
+                        )
+                        prompt = gr.Textbox(
+                            label="Prompt", lines=3, elem_id="prompt", placeholder="What happens in the video"
+                        )
+                        negative = gr.Textbox(
+                            label="Negative prompt", value=d.negative_prompt, lines=2, elem_id="negative"
+                        )
+                        with gr.Accordion("Settings", open=True):
+                            with gr.Row():
+                                width = gr.Number(
+                                    d.width, label="Width", precision=0, step=16, minimum=16, elem_id="width"
+                                )
+                                height = gr.Number(
+                                    d.height,
+                                    label="Height",
+                                    precision=0,
+                                    step=16,
+                                    minimum=16,
+                                    elem_id="height",
+                                )
+                                frames = gr.Number(
+                                    d.frames,
+                                    label="Frames (4k+1)",
+                                    precision=0,
+                                    step=4,
+                                    minimum=1,
+                                    elem_id="frames",
+                                )
+                            with gr.Row():
+                                steps = gr.Number(
+                                    d.steps, label="Steps", precision=0, minimum=1, elem_id="steps"
+                                )
+                                seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id="seed")
+                                fps = gr.Number(d.fps, label="FPS", precision=0, minimum=1, elem_id="fps")
+                            with gr.Row():
+                                guidance = gr.Number(
+                                    d.guidance, label="Guidance, high-noise", step=0.5, elem_id="guidance"
+                                )
+                                guidance_low = gr.Number(
+                                    d.guidance_low if d.guidance_low is not None else d.guidance,
+                                    label="Guidance, low-noise",
+                                    step=0.5,
+                                    elem_id="guidance-low",
+                                )
+                                shift = gr.Number(d.shift, label="Shift", step=0.5, elem_id="shift")
+                            fuse = gr.Checkbox(
+                                False, label="Fuse LoRAs into the weights (faster steps)", elem_id="fuse"
                             )
+
+                    # ------------------------------------------------------------- stack
+                    with gr.Column(scale=5, min_width=320):
+                        gr.Markdown("### LoRA stack")
                         with gr.Row():
-                            steps = gr.Number(d.steps, label="Steps", precision=0, minimum=1, elem_id="steps")
-                            seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id="seed")
-                            fps = gr.Number(d.fps, label="FPS", precision=0, minimum=1, elem_id="fps")
+                            library = gr.Dropdown(
+                                [], label="LoRA library", elem_id="library", scale=4, allow_custom_value=False
+                            )
+                            refresh_btn = gr.Button("Refresh", scale=1, elem_id="refresh-library")
+                        library_card = gr.HTML("", elem_id="library-card")
                         with gr.Row():
-                            guidance = gr.Number(
-                                d.guidance, label="Guidance, high-noise", step=0.5, elem_id="guidance"
+                            add_btn = gr.Button("Add to stack", elem_id="add-lora", variant="secondary")
+                            trigger_btn = gr.Button(
+                                "Insert trigger words", elem_id="insert-triggers", size="sm"
                             )
-                            guidance_low = gr.Number(
-                                d.guidance_low if d.guidance_low is not None else d.guidance,
-                                label="Guidance, low-noise",
-                                step=0.5,
-                                elem_id="guidance-low",
-                            )
-                            shift = gr.Number(d.shift, label="Shift", step=0.5, elem_id="shift")
-                        fuse = gr.Checkbox(
-                            False, label="Fuse LoRAs into the weights (faster steps)", elem_id="fuse"
+                        stack_status = gr.HTML("", elem_id="stack-status")
+
+                        @gr.render(inputs=[stack_state], triggers=[stack_version.change, app.load])
+                        def draw_stack(state):
+                            stack = h.to_stack(state)
+                            if not stack.entries:
+                                gr.Markdown(
+                                    "*The stack is empty: add LoRAs from the library.*", elem_id="stack-empty"
+                                )
+                                return
+                            two = studio.spec.experts == 2
+                            for position, entry in enumerate(stack.entries):
+                                _draw_entry(
+                                    entry,
+                                    position,
+                                    len(stack.entries),
+                                    two,
+                                    stack_state,
+                                    stack_version,
+                                    stack_status,
+                                )
+
+                    # ------------------------------------------------------------ output
+                    with gr.Column(scale=5, min_width=320):
+                        with gr.Row():
+                            render_btn = gr.Button("Render", variant="primary", elem_id="render")
+                            cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                        render_status = gr.HTML("", elem_id="render-status")
+                        video = gr.Video(
+                            label="Result",
+                            elem_id="result-video",
+                            autoplay=True,
+                            loop=True,
+                            interactive=False,
                         )
 
-                # ------------------------------------------------------------- stack
-                with gr.Column(scale=5, min_width=320):
-                    gr.Markdown("### LoRA stack")
-                    with gr.Row():
-                        library = gr.Dropdown(
-                            [], label="LoRA library", elem_id="library", scale=4, allow_custom_value=False
-                        )
-                        refresh_btn = gr.Button("Refresh", scale=1, elem_id="refresh-library")
-                    library_card = gr.HTML("", elem_id="library-card")
-                    with gr.Row():
-                        add_btn = gr.Button("Add to stack", elem_id="add-lora", variant="secondary")
-                        trigger_btn = gr.Button("Insert trigger words", elem_id="insert-triggers", size="sm")
-                    stack_status = gr.HTML("", elem_id="stack-status")
-
-                    @gr.render(inputs=[stack_state], triggers=[stack_version.change, app.load])
-                    def draw_stack(state):
-                        stack = h.to_stack(state)
-                        if not stack.entries:
-                            gr.Markdown(
-                                "*The stack is empty: add LoRAs from the library.*", elem_id="stack-empty"
-                            )
-                            return
-                        two = studio.spec.experts == 2
-                        for position, entry in enumerate(stack.entries):
-                            _draw_entry(
-                                entry,
-                                position,
-                                len(stack.entries),
-                                two,
-                                stack_state,
-                                stack_version,
-                                stack_status,
-                            )
-
-                # ------------------------------------------------------------ output
-                with gr.Column(scale=5, min_width=320):
-                    with gr.Row():
-                        render_btn = gr.Button("Render", variant="primary", elem_id="render")
-                        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
-                    render_status = gr.HTML("", elem_id="render-status")
-                    video = gr.Video(
-                        label="Result",
-                        elem_id="result-video",
-                        autoplay=True,
-                        loop=True,
-                        interactive=False,
-                    )
-
-            refs = EditorRefs(
-                app=app, tabs=tabs, image=image, prompt=prompt, negative=negative, width=width, height=height,
-                frames=frames, steps=steps, guidance=guidance, guidance_low=guidance_low, shift=shift, seed=seed,
-                fps=fps, fuse=fuse, stack_state=stack_state, stack_version=stack_version, stack_status=stack_status,
-                render_status=render_status, video=video, library=library,
-            )  # fmt: skip
+                refs = EditorRefs(
+                    app=app, tabs=tabs, image=image, prompt=prompt, negative=negative, width=width, height=height,
+                    frames=frames, steps=steps, guidance=guidance, guidance_low=guidance_low, shift=shift,
+                    seed=seed, fps=fps, fuse=fuse, stack_state=stack_state, stack_version=stack_version,
+                    stack_status=stack_status, render_status=render_status, video=video, library=library,
+                )  # fmt: skip
+                build_presets_panel(studio, refs)
             with gr.Tab("History", id="history", elem_id="tab-history"):
                 build_history_tab(studio, refs)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 build_compare_tab(studio, refs)
 
         # ---------------------------------------------------------------- wiring
-        setting_widgets = [
-            prompt,
-            negative,
-            width,
-            height,
-            frames,
-            steps,
-            guidance,
-            guidance_low,
-            shift,
-            seed,
-            fps,
-        ]
+        setting_widgets = refs.settings_widgets
 
         def render_ui(
             state, image_value, fuse_value, prompt_v, negative_v, width_v, height_v, frames_v, steps_v,
