@@ -26,6 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from studio.engine.memory import (
+    MemoryConfig,
+    apply_memory,
+    check_device,
+    keep_lora_in_compute_dtype,
+    set_vae_tiling,
+)
 from studio.engine.plan import AdapterPlan, plan_stack
 from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
 from studio.loras.match import MatchReport, prepare_lora
@@ -106,7 +113,9 @@ def quiet_libraries() -> None:
 
 
 class PipelineManager:
-    def __init__(self, settings: Settings, *, device: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, device: str | None = None, memory: MemoryConfig | None = None
+    ) -> None:
         quiet_libraries()
         self.settings = settings
         self._lock = threading.RLock()
@@ -117,6 +126,7 @@ class PipelineManager:
         self._weights: dict[str, dict[str, float]] = {}  # component -> adapter -> active weight
         self._fused = False
         self._shift: float | None = None
+        self.memory = memory or MemoryConfig()
         self.reports: dict[Path, MatchReport] = {}  # match report of each loaded file
         # Counters that tests and benchmarks read.
         self.lora_file_reads = 0
@@ -161,12 +171,23 @@ class PipelineManager:
                 "download it again."
             ) from None
         pipe.set_progress_bar_config(disable=True)
-        if self.device == "cuda":
-            if spec.is_demo:
-                pipe.to("cuda")
-            else:
-                pipe.enable_model_cpu_offload()
+        apply_memory(pipe, self.memory, device=self.device, is_demo=spec.is_demo)
         return pipe
+
+    def configure_memory(self, memory: MemoryConfig) -> bool:
+        """Set the memory mode; reloads the model when placement or precision change. True if reloaded."""
+        check_device(memory, self.device)
+        with self._lock:
+            previous, self.memory = self.memory, memory
+            if self.pipe is None:
+                return False
+            if not memory.needs_reload_from(previous):
+                set_vae_tiling(self.pipe, memory.vae_tiling)
+                return False
+            name = self.spec.name
+            self.unload()
+            self.load_model(name)
+            return True
 
     def unload(self) -> None:
         with self._lock:
@@ -225,6 +246,11 @@ class PipelineManager:
             )
             if unchanged:
                 return plan
+            if fuse and self.memory.precision == "fp8":
+                raise ValidationError(
+                    "LoRAs cannot be fused into fp8 weights; untick Fuse (the LoRAs then run unfused) "
+                    "or choose bf16 precision."
+                )
             with self._oom_guard("loading the LoRAs"):
                 if self._fused:
                     self._unfuse()
@@ -289,6 +315,7 @@ class PipelineManager:
                             load_into_transformer_2=component == "transformer_2",
                             **prepared.load_kwargs,
                         )
+                    keep_lora_in_compute_dtype(getattr(self.pipe, component), adapter)
                 except BaseException as exc:
                     self._discard_partial(component, adapter)
                     if isinstance(exc, StudioError) or not isinstance(exc, Exception) or _is_oom(exc):
