@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from studio.cli_hub import add_hub_parser, cmd_hub
 from studio.cli_inspect import add_inspect_parser, cmd_inspect
 from studio.cli_presets import PRESET_COMMANDS, add_presets_parsers
 from studio.errors import RenderCancelled, StudioError, ValidationError
@@ -21,9 +22,8 @@ EXIT_CANCELLED = 130
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one clear line, no usage dump
-        self.exit(
-            EXIT_USER_ERROR, f"error: {message} (see `python -m studio {self.prog.split()[-1]} --help`)\n"
-        )
+        command = " ".join(self.prog.split()[1:])  # e.g. "hub search"
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see `python -m studio {command} --help`)\n")
 
 
 def parse_lora_arg(text: str):
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("download", help="download a model's weights from the Hugging Face Hub")
     d.add_argument("model", help="wan2.2-i2v-a14b or wan2.2-ti2v-5b")
     add_inspect_parser(sub)
+    add_hub_parser(sub)
     return parser
 
 
@@ -192,6 +193,7 @@ COMMANDS = {
     "demo-model": cmd_demo_model,
     "download": cmd_download,
     "inspect": cmd_inspect,
+    "hub": cmd_hub,
     **PRESET_COMMANDS,
 }
 

@@ -15,6 +15,7 @@ from typing import Any
 from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, StepEvent
 from studio.errors import LoraFileError
 from studio.loras.compat import Compat, check_compat
+from studio.loras.hub import HubClient
 from studio.loras.library import LibraryItem, LoraLibrary
 from studio.models import REGISTRY, ModelSpec, cuda_available, local_weights, resolve_model
 from studio.outputs import SavedRender, save_render
@@ -38,6 +39,8 @@ class Studio:
         self._tokens: dict[str, CancelToken] = {}
         self._tokens_lock = threading.Lock()
         self.lora_library = LoraLibrary(settings.resolved_lora_dirs(), settings.cache_dir)
+        self.hub = HubClient(cache_dir=settings.cache_dir)  # a token typed in the UI is passed per call
+        self._items: list[LibraryItem] = []
         self._render_on_gpu = on_gpu(_render, duration=_render_seconds)
 
     # --------------------------------------------------------------- models
@@ -75,11 +78,16 @@ class Studio:
 
     # -------------------------------------------------------------- library
     def library(self, *, refresh: bool = False) -> list[LibraryItem]:
-        """The LoRA files and pairs under the LoRA folders (a rescan reads only new or changed files)."""
-        return self.lora_library.refresh() if refresh else self.lora_library.scan()
+        """LoRA files and pairs under the LoRA folders, then those downloaded from the Hub.
+
+        A rescan reads only new or changed files.
+        """
+        local = self.lora_library.refresh() if refresh else self.lora_library.scan()
+        self._items = [*local, *self.hub.library_items()]
+        return self._items
 
     def library_item(self, item_id: str) -> LibraryItem:
-        item = next((i for i in self.lora_library.items if i.id == item_id), None)
+        item = next((i for i in self._items if i.id == item_id), None)
         if item is None:
             raise LoraFileError("That LoRA is no longer in the library; press Refresh.")
         return item
