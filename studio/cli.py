@@ -14,6 +14,7 @@ from pathlib import Path
 from studio.cli_hub import add_hub_parser, cmd_hub
 from studio.cli_inspect import add_inspect_parser, cmd_inspect
 from studio.cli_presets import PRESET_COMMANDS, add_presets_parsers
+from studio.cli_vram import add_vram_parser, cmd_vram
 from studio.errors import RenderCancelled, StudioError, ValidationError
 
 EXIT_USER_ERROR = 2
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("model", help="wan2.2-i2v-a14b or wan2.2-ti2v-5b")
     add_inspect_parser(sub)
     add_hub_parser(sub)
+    add_vram_parser(sub)
     return parser
 
 
@@ -194,6 +196,7 @@ COMMANDS = {
     "download": cmd_download,
     "inspect": cmd_inspect,
     "hub": cmd_hub,
+    "vram": cmd_vram,
     **PRESET_COMMANDS,
 }
 

@@ -55,12 +55,23 @@ _WORDS = (
 ).split()
 
 
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
+TEXT_ENCODER_CONFIG = dict(
+    vocab_size=len(SPECIAL_TOKENS) + len(set(_WORDS)),
+    d_model=TRANSFORMER_CONFIG["text_dim"],  # must equal the transformer's text_dim
+    d_kv=8,
+    d_ff=64,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+)
+
+
 def _build_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "</s>", "<unk>"]
-    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(_WORDS)))}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + sorted(set(_WORDS)))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
@@ -82,17 +93,8 @@ def build_demo_pipeline():
 
     torch.manual_seed(DEMO_SEED)
     tokenizer, vocab_size = _build_tokenizer()
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=vocab_size,
-            d_model=TRANSFORMER_CONFIG["text_dim"],
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-        )
-    ).eval()
+    assert vocab_size == TEXT_ENCODER_CONFIG["vocab_size"]
+    text_encoder = UMT5EncoderModel(UMT5Config(**TEXT_ENCODER_CONFIG)).eval()
     transformer = WanTransformer3DModel(**TRANSFORMER_CONFIG)
     transformer_2 = WanTransformer3DModel(**TRANSFORMER_CONFIG)
     vae = AutoencoderKLWan(**VAE_CONFIG)
