@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, StepEvent
+from studio.engine.memory import MemoryConfig, effective_mode
+from studio.engine.vram import Estimate, LoraLoad
+from studio.engine.vram import estimate as estimate_vram
 from studio.errors import LoraFileError
 from studio.loras.compat import Compat, check_compat
 from studio.loras.hub import HubClient
+from studio.loras.inspect import inspect_lora
 from studio.loras.library import LibraryItem, LoraLibrary
+from studio.loras.sources import FileIdentity, resolve_source
 from studio.models import REGISTRY, ModelSpec, cuda_available, local_weights, resolve_model
 from studio.outputs import SavedRender, save_render
 from studio.settings import Settings
@@ -41,6 +47,7 @@ class Studio:
         self.lora_library = LoraLibrary(settings.resolved_lora_dirs(), settings.cache_dir)
         self.hub = HubClient(cache_dir=settings.cache_dir)  # a token typed in the UI is passed per call
         self._items: list[LibraryItem] = []
+        self._infos: dict = {}  # FileIdentity -> LoraInfo (header only), for estimates
         self._render_on_gpu = on_gpu(_render, duration=_render_seconds)
 
     # --------------------------------------------------------------- models
@@ -109,6 +116,63 @@ class Studio:
             raise LoraFileError(f"{item.label} cannot be added: {compat.reason}")
         return item.to_stack_entry(), compat
 
+    # ----------------------------------------------------------------- memory
+    def lora_loads(self, stack: Stack, *, fuse: bool = False) -> list[LoraLoad]:
+        """What each active LoRA file adds to memory (from its header), for the estimator."""
+        experts_by_path: dict[Path, list[str]] = {}
+        roots = self.settings.resolved_lora_dirs()
+        for entry in stack.active():
+            for expert in entry.applies_to():
+                try:
+                    path = resolve_source(entry.source(expert), roots)
+                except LoraFileError:
+                    continue  # the render will say so; the estimate counts what it can
+                experts_by_path.setdefault(path, []).append(expert)
+        loads = []
+        for path, experts in experts_by_path.items():
+            info = self._header_info(path)
+            if info is not None and (info.rank or info.ranks):
+                loads.append(LoraLoad.from_info(info, experts=tuple(dict.fromkeys(experts)), fused=fuse))
+        return loads
+
+    def _header_info(self, path: Path):
+        key = FileIdentity.of(path)
+        if key not in self._infos:
+            try:
+                self._infos[key] = inspect_lora(path, hash_file=False)
+            except LoraFileError:
+                self._infos[key] = None
+        return self._infos[key]
+
+    def model_spec(self, name: str | None = None) -> ModelSpec:
+        """The spec of ``name`` (the loaded model when None or when it is the loaded one)."""
+        if not name or (self.manager.spec is not None and name == self.manager.spec.name):
+            return self.spec
+        return resolve_model(name)
+
+    def estimate(
+        self,
+        settings: RenderSettings,
+        stack: Stack,
+        memory: MemoryConfig,
+        *,
+        fuse: bool = False,
+        model_name: str | None = None,
+    ) -> Estimate:
+        """Peak VRAM of a render (pure; nothing loads). ``model_name``: another model to plan for."""
+        spec = self.model_spec(model_name)
+        return estimate_vram(
+            spec,
+            width=settings.width,
+            height=settings.height,
+            frames=settings.frames,
+            mode=effective_mode(memory, is_demo=spec.is_demo),
+            precision=memory.precision,
+            loras=self.lora_loads(stack, fuse=fuse),
+            cfg=settings.guidance > 1.0,
+            vae_tiling=memory.vae_tiling,
+        )
+
     # --------------------------------------------------------------- render
     def render(
         self,
@@ -118,8 +182,12 @@ class Studio:
         *,
         session: str = "cli",
         fuse: bool = False,
+        memory: MemoryConfig | None = None,
         progress: Callable[[StepEvent], None] | None = None,
     ) -> SavedRender:
+        """Render and save; ``memory`` switches the memory mode first when it differs (may reload)."""
+        if memory is not None and memory != self.manager.memory:
+            self.manager.configure_memory(memory)
         token = CancelToken()
         with self._tokens_lock:
             self._tokens[session] = token

@@ -43,6 +43,13 @@ class MemoryConfig:
         return (self.mode, self.precision) != (other.mode, other.precision)
 
 
+def effective_mode(config: MemoryConfig, *, is_demo: bool) -> str:
+    """What ``auto`` means for a model: the demo all on the GPU, real models with model offload."""
+    if config.mode != "auto":
+        return config.mode
+    return "gpu" if is_demo else "model-offload"
+
+
 def check_device(config: MemoryConfig, device: str) -> None:
     if device != "cuda" and config.mode in CUDA_MODES:
         raise ValidationError(
@@ -65,9 +72,7 @@ def apply_memory(pipe, config: MemoryConfig, *, device: str, is_demo: bool) -> N
     set_vae_tiling(pipe, config.vae_tiling)
     if device != "cuda":
         return
-    mode = config.mode
-    if mode == "auto":
-        mode = "gpu" if is_demo else "model-offload"
+    mode = effective_mode(config, is_demo=is_demo)
     if mode == "gpu":
         pipe.to("cuda")
     elif mode == "model-offload":

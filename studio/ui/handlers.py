@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
+from studio.engine.memory import MemoryConfig
 from studio.errors import RenderCancelled, StudioError
 from studio.images import load_start_image
 from studio.service import Studio
@@ -20,6 +22,7 @@ from studio.stack import RenderSettings, Stack, build
 from studio.ui.library_view import choice_label, details_html, trigger_words
 
 SLIDER_MIN, SLIDER_MAX = -2.0, 4.0
+OVER_CARD_MARGIN = 1.05  # a render estimated this far above the card asks for confirmation
 
 
 def to_stack(state: dict | None) -> Stack:
@@ -127,7 +130,16 @@ def move_entry(state: dict, entry_id: str, delta: int):
 
 
 # ------------------------------------------------------------------------ render
-def render(studio: Studio, session: str, image, settings: RenderSettings, stack: Stack, fuse: bool, progress):
+def render(
+    studio: Studio,
+    session: str,
+    image,
+    settings: RenderSettings,
+    stack: Stack,
+    fuse: bool,
+    progress,
+    memory=None,
+):
     """Run one render for the UI or the API; returns (video path, status html, record)."""
     if image is None:
         raise StudioError("Upload a start image first.")
@@ -138,7 +150,7 @@ def render(studio: Studio, session: str, image, settings: RenderSettings, stack:
             (event.step, event.total), desc=f"Step {event.step}/{event.total} · {event.expert}-noise expert"
         )
 
-    saved = studio.render(start, settings, stack, session=session, fuse=fuse, progress=on_step)
+    saved = studio.render(start, settings, stack, session=session, fuse=fuse, memory=memory, progress=on_step)
     timings = saved.record["timings"]
     message = (
         f"Rendered {settings.frames} frames at {settings.width}×{settings.height} in "
@@ -148,11 +160,47 @@ def render(studio: Studio, session: str, image, settings: RenderSettings, stack:
     return str(saved.video), status(message, "ok"), saved.record
 
 
-def render_from_widgets(studio: Studio, request: gr.Request, state, image, fuse, *values, progress):
+@dataclass(frozen=True)
+class MemoryChoice:
+    """The memory panel's values at render time."""
+
+    mode: str
+    precision: str
+    vae_tiling: bool
+    card: str | None  # "detected" or a size in GB
+    force: bool  # render even when the estimate says it won't fit
+
+    def config(self) -> MemoryConfig:
+        return MemoryConfig(mode=self.mode, precision=self.precision, vae_tiling=bool(self.vae_tiling))
+
+
+def render_guard(
+    studio: Studio, settings: RenderSettings, stack: Stack, fuse: bool, memory: MemoryChoice
+) -> None:
+    """Refuse a render whose estimate exceeds the card by a clear margin, unless forced."""
+    from studio.ui.vram_panel import card_bytes
+
+    card, card_text = card_bytes(memory.card)
+    if memory.force or card is None:
+        return
+    est = studio.estimate(settings, stack, memory.config(), fuse=fuse)
+    if est.peak_vram_bytes > OVER_CARD_MARGIN * card:
+        raise StudioError(
+            f"This render needs about {est.peak_vram_bytes / 1e9:.1f} GB of GPU memory but {card_text} has "
+            f"{card / 1e9:.1f} GB, so it would run out of memory. Press Suggest for settings that fit, or tick "
+            "“Render even if it won't fit”."
+        )
+
+
+def render_from_widgets(
+    studio: Studio, request: gr.Request, state, image, fuse, memory: MemoryChoice, *values, progress
+):
     try:
         settings = settings_from_widgets(*values)
+        stack = to_stack(state)
+        render_guard(studio, settings, stack, bool(fuse), memory)
         video, message, _ = render(
-            studio, _session(request), image, settings, to_stack(state), fuse, progress
+            studio, _session(request), image, settings, stack, fuse, progress, memory=memory.config()
         )
         return video, message
     except RenderCancelled as exc:

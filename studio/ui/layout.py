@@ -16,6 +16,7 @@ from studio.ui.compare_tab import build_compare_tab
 from studio.ui.history_tab import build_history_tab
 from studio.ui.presets_panel import build_presets_panel
 from studio.ui.refs import EditorRefs
+from studio.ui.vram_panel import build_vram_panel
 
 CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "studio.css"
 GPU_QUEUE = "gpu"  # every event that runs the model shares this queue (one at a time)
@@ -162,13 +163,18 @@ def build_app(studio: Studio) -> gr.Blocks:
                             loop=True,
                             interactive=False,
                         )
+                        refs = EditorRefs(
+                            app=app, tabs=tabs, image=image, prompt=prompt, negative=negative, width=width,
+                            height=height, frames=frames, steps=steps, guidance=guidance, guidance_low=guidance_low,
+                            shift=shift, seed=seed, fps=fps, fuse=fuse, stack_state=stack_state,
+                            stack_version=stack_version, stack_status=stack_status, render_status=render_status,
+                            video=video, library=library,
+                        )  # fmt: skip
+                        mode, precision, tiling, card = build_vram_panel(studio, refs, model_choice)
+                        force = gr.Checkbox(
+                            False, label="Render even if it won't fit", elem_id="force-render"
+                        )
 
-                refs = EditorRefs(
-                    app=app, tabs=tabs, image=image, prompt=prompt, negative=negative, width=width, height=height,
-                    frames=frames, steps=steps, guidance=guidance, guidance_low=guidance_low, shift=shift,
-                    seed=seed, fps=fps, fuse=fuse, stack_state=stack_state, stack_version=stack_version,
-                    stack_status=stack_status, render_status=render_status, video=video, library=library,
-                )  # fmt: skip
                 build_presets_panel(studio, refs)
             with gr.Tab("History", id="history", elem_id="tab-history"):
                 build_history_tab(studio, refs)
@@ -179,18 +185,20 @@ def build_app(studio: Studio) -> gr.Blocks:
         setting_widgets = refs.settings_widgets
 
         def render_ui(
-            state, image_value, fuse_value, prompt_v, negative_v, width_v, height_v, frames_v, steps_v,
-            guidance_v, guidance_low_v, shift_v, seed_v, fps_v, request: gr.Request, progress=gr.Progress(),
+            state, image_value, fuse_value, mode_v, precision_v, tiling_v, card_v, force_v, prompt_v, negative_v,
+            width_v, height_v, frames_v, steps_v, guidance_v, guidance_low_v, shift_v, seed_v, fps_v,
+            request: gr.Request, progress=gr.Progress(),
         ):  # fmt: skip
             values = (prompt_v, negative_v, width_v, height_v, frames_v, steps_v, guidance_v, guidance_low_v,
                       shift_v, seed_v, fps_v)  # fmt: skip
+            memory = h.MemoryChoice(mode_v, precision_v, tiling_v, card_v, force_v)
             return h.render_from_widgets(
-                studio, request, state, image_value, fuse_value, *values, progress=progress
+                studio, request, state, image_value, fuse_value, memory, *values, progress=progress
             )
 
         render_event = render_btn.click(
             render_ui,
-            inputs=[stack_state, image, fuse, *setting_widgets],
+            inputs=[stack_state, image, fuse, mode, precision, tiling, card, force, *setting_widgets],
             outputs=[video, render_status],
             concurrency_id=GPU_QUEUE,
             concurrency_limit=1,
