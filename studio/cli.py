@@ -15,6 +15,7 @@ from studio.cli_hub import add_hub_parser, cmd_hub
 from studio.cli_inspect import add_inspect_parser, cmd_inspect
 from studio.cli_presets import PRESET_COMMANDS, add_presets_parsers
 from studio.cli_vram import add_vram_parser, cmd_vram
+from studio.engine.memory import MODES, PRECISIONS, MemoryConfig
 from studio.errors import RenderCancelled, StudioError, ValidationError
 
 EXIT_USER_ERROR = 2
@@ -70,6 +71,10 @@ def _add_render(sub) -> None:
     p.add_argument("--shift", type=float)
     p.add_argument("--fps", type=int)
     p.add_argument("--fuse", action="store_true", help="fuse the LoRAs into the weights (faster steps)")
+    p.add_argument("--mode", choices=MODES, default="auto", help="memory mode (default: auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16", help="storage of the experts' weights")
+    p.add_argument("--vae-tiling", action="store_true", help="decode the VAE in tiles (lower peak)")
+    p.add_argument("--force", action="store_true", help="render even when the VRAM estimate exceeds the GPU")
     p.add_argument("--out", required=True, help="the MP4 to write (OUT.json and OUT.start.png go beside it)")
 
 
@@ -122,9 +127,11 @@ def _stack_for(args, preset):
 
 def cmd_render(args) -> int:
     from studio.engine.manager import CancelToken, PipelineManager, RenderRequest
+    from studio.engine.nvml import read_gpus
     from studio.images import load_start_image
     from studio.outputs import save_render
     from studio.presets import load_preset
+    from studio.service import Studio
     from studio.settings import Settings
 
     out = Path(args.out).expanduser()
@@ -146,11 +153,19 @@ def cmd_render(args) -> int:
     image = load_start_image(Path(args.image).expanduser())
     stack = _stack_for(args, preset)
 
-    manager = PipelineManager(settings)
+    memory = MemoryConfig(mode=args.mode, precision=args.precision, vae_tiling=args.vae_tiling)
+    manager = PipelineManager(settings, memory=memory)
     spec = manager.load_model(model)
+    studio = Studio(settings, manager)
     render_settings = _settings_for(args, spec, preset)
     if spec.is_demo:
         print(f"note: {spec.note}", file=sys.stderr)
+    if not args.force:
+        gpus = read_gpus()
+        if gpus:
+            studio.check_fits(
+                render_settings, stack, memory, gpus[0].total_bytes, gpus[0].name, fuse=args.fuse
+            )
 
     token = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())

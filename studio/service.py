@@ -17,7 +17,7 @@ from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, S
 from studio.engine.memory import MemoryConfig, effective_mode
 from studio.engine.vram import Estimate, LoraLoad
 from studio.engine.vram import estimate as estimate_vram
-from studio.errors import LoraFileError
+from studio.errors import LoraFileError, OutOfMemory
 from studio.loras.compat import Compat, check_compat
 from studio.loras.hub import HubClient
 from studio.loras.inspect import inspect_lora
@@ -36,6 +36,9 @@ def _render(manager: PipelineManager, request: RenderRequest, progress, cancel: 
 
 def _render_seconds(manager: PipelineManager, request: RenderRequest, *args) -> int:
     return gpu_seconds(manager.spec.name if manager.spec else "", request.settings)
+
+
+OVER_CARD_MARGIN = 1.05  # a render estimated this far above the card needs confirmation
 
 
 class Studio:
@@ -172,6 +175,25 @@ class Studio:
             cfg=settings.guidance > 1.0,
             vae_tiling=memory.vae_tiling,
         )
+
+    def check_fits(
+        self,
+        settings: RenderSettings,
+        stack: Stack,
+        memory: MemoryConfig,
+        card_bytes: int,
+        card_name: str,
+        *,
+        fuse: bool = False,
+    ) -> None:
+        """Refuse a render whose estimate exceeds the card by a clear margin (the caller may skip this)."""
+        est = self.estimate(settings, stack, memory, fuse=fuse)
+        if est.peak_vram_bytes > OVER_CARD_MARGIN * card_bytes:
+            raise OutOfMemory(
+                f"This render needs about {est.peak_vram_bytes / 1e9:.1f} GB of GPU memory but {card_name} has "
+                f"{card_bytes / 1e9:.1f} GB, so it would run out of memory. Use Suggest (or `python -m studio "
+                "vram --suggest`) for settings that fit, or render anyway (“Render even if it won't fit”, --force)."
+            )
 
     # --------------------------------------------------------------- render
     def render(

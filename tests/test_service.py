@@ -61,7 +61,7 @@ def test_an_incompatible_lora_cannot_be_added(studio, lora_dir):
     )
     (item,) = studio.library()
     assert studio.compat(item).level == "incompatible"
-    with pytest.raises(LoraFileError, match="cannot be added: .*14B"):
+    with pytest.raises(LoraFileError, match=r"cannot be added: .*14B"):
         studio.entry_for(item.id)
 
 
@@ -86,3 +86,28 @@ def test_cancel_only_stops_the_callers_render(studio, start_image):
     assert not list(studio.settings.outputs_dir.glob("*.mp4"))
     saved = studio.render(start_image, FAST.model_copy(update={"steps": 2}), Stack(), session="alice")
     assert saved.video.exists()
+
+
+def test_a_render_that_would_not_fit_the_card_is_refused_with_advice(studio):
+    from studio.engine.memory import MemoryConfig
+    from studio.errors import OutOfMemory
+
+    settings = RenderSettings(width=64, height=64, frames=17)
+    studio.check_fits(settings, Stack(), MemoryConfig(), 80 * 10**9, "an 80 GB card")  # fits: no error
+    with pytest.raises(
+        OutOfMemory, match=r"needs about 0\.8 GB of GPU memory but a tiny card has 0\.5 GB.*Suggest"
+    ):
+        studio.check_fits(settings, Stack(), MemoryConfig(), 5 * 10**8, "a tiny card")
+
+
+def test_estimates_count_the_stack_and_can_plan_for_another_model(studio, make_lora):
+    from studio.engine.memory import MemoryConfig
+    from studio.stack import StackEntry
+
+    settings = RenderSettings(width=832, height=480, frames=81, guidance=3.5)
+    plain = studio.estimate(settings, Stack(), MemoryConfig(), model_name="wan2.2-i2v-a14b")
+    assert 25e9 < plain.peak_vram_bytes < 60e9  # one A14B expert resident with model offload
+    path = make_lora("a.safetensors")
+    with_lora = studio.estimate(settings, Stack(entries=[StackEntry.single(path)]), MemoryConfig())
+    without = studio.estimate(settings, Stack(), MemoryConfig())
+    assert with_lora.peak_vram_bytes > without.peak_vram_bytes

@@ -22,7 +22,6 @@ from studio.stack import RenderSettings, Stack, build
 from studio.ui.library_view import choice_label, details_html, trigger_words
 
 SLIDER_MIN, SLIDER_MAX = -2.0, 4.0
-OVER_CARD_MARGIN = 1.05  # a render estimated this far above the card asks for confirmation
 
 
 def to_stack(state: dict | None) -> Stack:
@@ -181,15 +180,8 @@ def render_guard(
     from studio.ui.vram_panel import card_bytes
 
     card, card_text = card_bytes(memory.card)
-    if memory.force or card is None:
-        return
-    est = studio.estimate(settings, stack, memory.config(), fuse=fuse)
-    if est.peak_vram_bytes > OVER_CARD_MARGIN * card:
-        raise StudioError(
-            f"This render needs about {est.peak_vram_bytes / 1e9:.1f} GB of GPU memory but {card_text} has "
-            f"{card / 1e9:.1f} GB, so it would run out of memory. Press Suggest for settings that fit, or tick "
-            "“Render even if it won't fit”."
-        )
+    if not memory.force and card is not None:
+        studio.check_fits(settings, stack, memory.config(), card, card_text, fuse=fuse)
 
 
 def render_from_widgets(

@@ -14,6 +14,7 @@ from studio.ui import handlers as h
 from studio.ui.api import register_api
 from studio.ui.compare_tab import build_compare_tab
 from studio.ui.history_tab import build_history_tab
+from studio.ui.hub_panel import build_hub_tab
 from studio.ui.presets_panel import build_presets_panel
 from studio.ui.refs import EditorRefs
 from studio.ui.vram_panel import build_vram_panel
@@ -176,6 +177,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                         )
 
                 build_presets_panel(studio, refs)
+            with gr.Tab("Hub", id="hub", elem_id="tab-hub"):
+                build_hub_tab(studio, refs)
             with gr.Tab("History", id="history", elem_id="tab-history"):
                 build_history_tab(studio, refs)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
