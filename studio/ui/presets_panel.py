@@ -76,6 +76,8 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
         recipe_view = gr.HTML("", elem_id="recipe")
         recipe_btn = gr.Button("Apply the speed recipe", visible=False, elem_id="apply-recipe", size="sm")
         slots_view = gr.HTML("", elem_id="preset-slots")
+        missing_btn = gr.Button("Download the missing Hub files", visible=False, elem_id="download-missing")
+        missing_status = gr.HTML("", elem_id="missing-status")
         with gr.Row():
             slot_choice = gr.Dropdown([], label="Open slot", elem_id="slot-choice", scale=3)
             fill_btn = gr.Button("Fill it with the library selection", elem_id="fill-slot", scale=2)
@@ -299,6 +301,49 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
         fill,
         inputs=[slot_choice, refs.library, refs.stack_state, refs.stack_version, slots_state],
         outputs=[refs.stack_state, refs.stack_version, slots_state, slot_choice, refs.stack_status],
+        **PRIVATE,
+    )
+
+    # ------------------------------------------------- Hub files the stack names
+    def show_missing(state):
+        try:
+            missing = studio.hub.missing(h.to_stack(state))
+        except StudioError:
+            missing = []
+        if not missing:
+            return gr.update(visible=False), ""
+        names = ", ".join(f"{m.repo}/{m.file}" for m in missing)
+        text = f"{len(missing)} Hub file(s) of this stack are not downloaded yet: {names}."
+        return gr.update(visible=True, value=f"Download the missing Hub files ({len(missing)})"), h.status(
+            text, "warning"
+        )
+
+    refs.stack_state.change(
+        show_missing,
+        inputs=[refs.stack_state],
+        outputs=[missing_btn, missing_status],
+        concurrency_limit=None,
+        **PRIVATE,
+    )
+
+    def download_missing(state, progress=gr.Progress()):
+        try:
+            missing = studio.hub.missing(h.to_stack(state))
+            studio.hub.download_sources(
+                missing, lambda done, total: progress((done, max(total, 1)), desc="Downloading", unit="bytes")
+            )
+        except StudioError as exc:
+            return gr.skip(), h.status(str(exc), "error")
+        return gr.update(visible=False), h.status(
+            f"Downloaded {len(missing)} file(s); the stack is ready.", "ok"
+        )
+
+    missing_btn.click(
+        download_missing,
+        inputs=[refs.stack_state],
+        outputs=[missing_btn, missing_status],
+        concurrency_id="hub",
+        concurrency_limit=4,
         **PRIVATE,
     )
 
