@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from studio.service import Studio
+from studio.ui.compare_player import head_html
 from studio.ui.layout import CSS_PATH, build_app
 
 MAX_UPLOAD = "50mb"
@@ -29,6 +30,7 @@ def launch(studio: Studio, *, host: str | None = None, port: int | None = None, 
         allowed_paths=[str(studio.settings.outputs_dir.resolve())],
         max_file_size=MAX_UPLOAD,
         css_paths=[CSS_PATH],
+        head=head_html(),
         show_error=True,
         prevent_thread_lock=prevent_thread_lock,
         ssr_mode=False,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 
 import pytest
@@ -14,17 +13,10 @@ from studio.media import probe_video
 from studio.service import Studio
 from studio.settings import Settings
 from studio.stack import Stack, StackEntry
-from studio.ui.launch import launch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def app_env(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_config):
+def app_env(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_config, launch_studio):
     from studio.loras.synthetic import make_lora_tensors, write_lora
 
     root = tmp_path_factory.mktemp("app")
@@ -35,10 +27,7 @@ def app_env(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_con
     )
     studio = Studio(settings)
     studio.manager.load_model("demo")
-    port = free_port()
-    _, app = launch(studio, host="127.0.0.1", port=port, prevent_thread_lock=True)
-    yield {"url": f"http://127.0.0.1:{port}/", "root": root, "loras": loras, "studio": studio}
-    app.close()
+    return {"url": launch_studio(studio), "root": root, "loras": loras, "studio": studio}
 
 
 @pytest.fixture()

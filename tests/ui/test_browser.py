@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import re
-import socket
 
-import numpy as np
 import pytest
-from PIL import Image
+from pagekit import ENTRY, assert_not_blank
 from playwright.sync_api import expect
 
 from studio.service import Studio
 from studio.settings import Settings
-from studio.ui.launch import launch
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-# Gradio renders a Group as two nested divs carrying the same class: take the outer one.
-ENTRY = ".stack-entry:not(.stack-entry .stack-entry)"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def studio_url(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_config):
+def studio_url(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_config, launch_studio):
     from studio.loras.synthetic import make_lora_tensors, write_lora
 
     root = tmp_path_factory.mktemp("browser-app")
@@ -56,20 +39,7 @@ def studio_url(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_
         Settings(lora_dirs=(loras,), outputs_dir=root / "outputs", cache_dir=studio_cache, model="demo")
     )
     studio.manager.load_model("demo")
-    port = free_port()
-    _, app = launch(studio, host="127.0.0.1", port=port, prevent_thread_lock=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    return launch_studio(studio)
 
 
 @pytest.fixture()
@@ -80,11 +50,6 @@ def page(browser, studio_url):
     page.wait_for_selector("#render")
     yield page
     context.close()
-
-
-@pytest.fixture(scope="module")
-def screenshots(tmp_path_factory):
-    return tmp_path_factory.mktemp("screenshots")
 
 
 def choose_in_library(page, label: str) -> None:
@@ -98,11 +63,6 @@ def pick_library_file(page, name: str) -> None:
     choose_in_library(page, label)
     page.click("#add-lora")
     page.wait_for_selector(f"#stack-status:has-text('Added {label}')")
-
-
-def assert_not_blank(path) -> None:
-    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
-    assert pixels.std() > 10, f"{path} looks blank"
 
 
 def test_render_with_a_stack_in_the_browser(page, tmp_path, start_image, screenshots):
