@@ -18,11 +18,11 @@ import pytest
 from pagekit import CHROMIUM, CHROMIUM_ARGS, assert_not_blank, free_port
 
 
-def launch_app(studio, port: int):
+def launch_app(studio, port: int, **options):
     """``studio.ui.launch.launch`` on loopback; returns the Gradio app (close it with ``app.close()``)."""
     from studio.ui.launch import launch
 
-    _, app = launch(studio, host="127.0.0.1", port=port, prevent_thread_lock=True)
+    _, app = launch(studio, host="127.0.0.1", port=port, prevent_thread_lock=True, **options)
     return app
 
 
@@ -54,9 +54,9 @@ def launch_studio():
     """``launch_studio(studio) -> url``: serve ``studio`` on loopback until the module ends."""
     apps = []
 
-    def _launch(studio) -> str:
+    def _launch(studio, **options) -> str:
         port = free_port()
-        apps.append(launch_app(studio, port))
+        apps.append(launch_app(studio, port, **options))
         return f"http://127.0.0.1:{port}/"
 
     yield _launch
