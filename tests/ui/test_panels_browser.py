@@ -1,0 +1,138 @@
+"""Browser tests of the Studio tab's panels: VRAM estimate, cancel, presets, and the Hub tab."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from pagekit import ENTRY
+from playwright.sync_api import expect
+
+from studio.service import Studio
+from studio.settings import Settings
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_config, launch_studio):
+    from studio.loras.synthetic import make_lora_tensors, write_lora
+
+    root = tmp_path_factory.mktemp("panels")
+    loras = root / "loras"
+    write_lora(loras / "style.safetensors", make_lora_tensors(demo_transformer_config, seed=1, rank=8))
+    settings = Settings(
+        lora_dirs=(loras,), outputs_dir=root / "outputs", cache_dir=studio_cache, presets_dir=root / "presets",
+        model="demo",
+    )  # fmt: skip
+    studio = Studio(settings)
+    studio.manager.load_model("demo")
+    return {"url": launch_studio(studio), "root": root, "studio": studio}
+
+
+@pytest.fixture()
+def page(browser, env):
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    page.goto(env["url"])
+    page.wait_for_selector("#render")
+    yield page
+    context.close()
+
+
+def choose(page, dropdown: str, option: str) -> None:
+    page.click(f"{dropdown} input")
+    page.get_by_role("option", name=re.compile(rf"^{re.escape(option)}")).click()
+
+
+def add_style(page) -> None:
+    choose(page, "#library", "style · ")
+    page.click("#add-lora")
+    expect(page.locator(ENTRY)).to_have_count(1)
+
+
+def peak_gb(page) -> float:
+    return float(page.locator("#vram-peak").inner_text().split()[0])
+
+
+def test_vram_panel_reacts_to_settings_mode_and_stack(page, screenshot):
+    expect(page.locator("#vram-view")).to_contain_text("Peak VRAM")
+    expect(page.locator("#gpu-view")).to_contain_text("no NVIDIA GPU detected")
+    choose(page, "#model-choice", "Wan2.2 I2V A14B")
+    choose(page, "#card", "24 GB")
+    for field, value in (("#width input", "832"), ("#height input", "480"), ("#frames input", "81")):
+        page.fill(field, value)
+    page.press("#frames input", "Tab")
+    expect(page.locator("#vram-verdict")).to_have_text("won't fit")
+    offload = peak_gb(page)
+    choose(page, "#memory-mode", "sequential")
+    expect(page.locator("#vram-peak")).not_to_have_text(f"{offload:.2f} GB")
+    assert peak_gb(page) < offload
+    page.click("#suggest")
+    expect(page.locator("#suggest-status")).to_contain_text("fits")
+    expect(page.locator("#vram-verdict")).to_have_text(re.compile("fits|tight"))
+    screenshot(page, "vram-panel")
+
+
+def test_a_render_can_be_cancelled_midway_and_the_next_one_works(page, tmp_path, start_image, env):
+    path = tmp_path / "start.png"
+    start_image.save(path)
+    page.set_input_files("#start-image input[type=file]", str(path))
+    for field, value in (
+        ("#width input", "64"),
+        ("#height input", "64"),
+        ("#frames input", "17"),
+        ("#steps input", "150"),
+    ):
+        page.fill(field, value)
+    page.click("#render")
+    expect(page.locator("#result-video")).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+    page.click("#cancel")
+    expect(page.locator("#render-status")).to_contain_text("cancelled", timeout=30_000)
+    assert not list((env["root"] / "outputs").glob("*.mp4"))  # nothing written for the cancelled render
+    page.fill("#steps input", "2")
+    page.click("#render")
+    expect(page.locator("#render-status")).to_contain_text("Rendered 17 frames", timeout=60_000)
+
+
+def test_save_a_preset_and_load_it_back(page, env, screenshot):
+    add_style(page)
+    entry = page.locator(ENTRY).first
+    box = entry.locator("[id^=low-] input[type=number]")
+    box.fill("0.35")
+    box.press("Enter")
+    page.fill("#steps input", "7")
+    page.fill("#preset-name textarea", "My style")
+    page.click("#save-preset")
+    expect(page.locator("#presets-status")).to_contain_text("Saved preset My style")
+    page.click("#save-preset")  # the same name again: needs confirmation
+    expect(page.locator("#presets-status")).to_contain_text("Replace a preset with this name")
+    assert (env["root"] / "presets").is_dir()
+
+    entry.locator("[id^=remove-]").click()
+    expect(page.locator(ENTRY)).to_have_count(0)
+    page.fill("#steps input", "3")
+    choose(page, "#preset-choice", "My style")
+    page.click("#load-preset")
+    expect(page.locator("#presets-status")).to_contain_text("Loaded preset My style")
+    expect(page.locator(ENTRY)).to_have_count(1)
+    expect(page.locator(ENTRY).first.locator("[id^=low-] input[type=number]")).to_have_value("0.35")
+    expect(page.locator("#steps input")).to_have_value("7")
+    screenshot(page, "presets")
+
+
+def test_a_shipped_preset_shows_its_open_slot_and_recipe(page):
+    choose(page, "#preset-choice", "Fast anime")
+    page.click("#load-preset")
+    expect(page.locator("#preset-slots")).to_contain_text("choose a LoRA for this slot")
+    expect(page.locator("#recipe")).to_contain_text("speed LoRA")
+    expect(page.locator("#download-missing")).to_be_visible()
+    page.fill("#steps input", "40")
+    page.press("#steps input", "Tab")
+    expect(page.locator("#recipe")).to_contain_text("40 steps")
+    page.click("#apply-recipe")
+    expect(page.locator("#steps input")).to_have_value("4")
+    choose(page, "#library", "style · ")
+    page.click("#fill-slot")
+    expect(page.locator(ENTRY)).to_have_count(2)
+    expect(page.locator("#preset-slots")).to_be_empty()
