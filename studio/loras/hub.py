@@ -519,6 +519,11 @@ def _inspect_cached(path: Path) -> LoraInfo:
     return info
 
 
+def hub_item_id(repo: str, sha: str, files) -> str:
+    """The id of a Hub file or pair, the same in the Hub listing and in the library once downloaded."""
+    return "hub-" + hashlib.sha256("\n".join([repo, sha, *files]).encode()).hexdigest()[:16]
+
+
 def library_items(cache_dir: Path) -> list[HubLibraryItem]:
     """The downloaded Hub files as library items, paired like local files (per repo and commit)."""
     groups: dict[tuple[str, str], list[_File]] = {}
@@ -543,7 +548,7 @@ def library_items(cache_dir: Path) -> list[HubLibraryItem]:
         for item in _group_files(files):
             data = item.model_dump()
             rels = [r for r in (item.rel_path, item.high_rel_path, item.low_rel_path) if r]
-            data["id"] = "hub-" + hashlib.sha256("\n".join([repo, sha, *rels]).encode()).hexdigest()[:16]
+            data["id"] = hub_item_id(repo, sha, rels)
             items.append(HubLibraryItem(**data, repo=repo, revision=sha))
     items.sort(key=lambda it: (it.repo.lower(), (it.rel_path or it.high_rel_path or "").lower()))
     return items
@@ -908,7 +913,7 @@ class HubClient:
             members = [by_name[r] for r in rels]
             items.append(
                 RemoteItem(
-                    id=hashlib.sha256("\n".join([repo, sha, *rels]).encode()).hexdigest()[:16],
+                    id=hub_item_id(repo, sha, rels),
                     repo=repo,
                     revision=sha,
                     label=lib.label,
