@@ -51,6 +51,7 @@ from studio.stack import (
     Stack,
     StackEntry,
     StrictModel,
+    json_object,
     parse_model,
 )
 
@@ -668,15 +669,7 @@ def parse_preset(data: str | dict[str, Any], *, roots: Sequence[Path] = (), what
     symbolic links out of them are refused. Errors are ``ValidationError`` sentences that
     name the field, e.g. ``entries.0.weight_high: a LoRA weight must be between -10 and 10``.
     """
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(
-                f"The {what} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})."
-            ) from None
-    if not isinstance(data, dict):
-        raise ValidationError(f"The {what} must be a JSON object with a name and entries.")
+    data = json_object(data, what, expected="a JSON object with a name and entries")
     data = _migrate(json.loads(json.dumps(data)))  # a deep copy: the caller's dict is left alone
     roots = [Path(r) for r in roots]
     _relativize_raw(data, roots)

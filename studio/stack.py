@@ -310,8 +310,8 @@ def describe_validation_error(error: PydanticValidationError, what: str) -> str:
     return f"Invalid {what}: " + "; ".join(problems) + "."
 
 
-def parse_model(model: type[BaseModel], data: str | dict[str, Any], what: str):
-    """Validate JSON text or a dict into ``model``, raising our ValidationError."""
+def json_object(data: str | dict[str, Any], what: str, *, expected: str = "a JSON object") -> dict[str, Any]:
+    """JSON text (or an already parsed value) that must be an object; our ValidationError otherwise."""
     if isinstance(data, str):
         try:
             data = json.loads(data)
@@ -320,7 +320,13 @@ def parse_model(model: type[BaseModel], data: str | dict[str, Any], what: str):
                 f"The {what} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})."
             ) from None
     if not isinstance(data, dict):
-        raise ValidationError(f"The {what} must be a JSON object.")
+        raise ValidationError(f"The {what} must be {expected}.")
+    return data
+
+
+def parse_model(model: type[BaseModel], data: str | dict[str, Any], what: str):
+    """Validate JSON text or a dict into ``model``, raising our ValidationError."""
+    data = json_object(data, what)
     try:
         return model.model_validate(data)
     except PydanticValidationError as exc:

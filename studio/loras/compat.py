@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from studio.engine.model_shapes import A14B_TRANSFORMER, TI2V_5B_TRANSFORMER
 from studio.loras.inspect import LoraInfo
 from studio.loras.keys import describe_dim, model_name_for_dim
 
@@ -29,42 +30,15 @@ Level = Literal["compatible", "partial", "incompatible"]
 
 # The transformer configs of the real Wan2.2 models (diffusers ``transformer/config.json``).
 # Both experts of A14B (``transformer`` and ``transformer_2``) share this config.
+# The real transformers' configs (as in their ``transformer/config.json``), from one place.
 WAN22_I2V_A14B_TRANSFORMER_CONFIG: dict[str, Any] = {
     "_class_name": "WanTransformer3DModel",
-    "patch_size": [1, 2, 2],
-    "num_attention_heads": 40,
-    "attention_head_dim": 128,
-    "in_channels": 36,
-    "out_channels": 16,
-    "text_dim": 4096,
-    "freq_dim": 256,
-    "ffn_dim": 13824,
-    "num_layers": 40,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-06,
-    "image_dim": None,
-    "added_kv_proj_dim": None,
-    "rope_max_seq_len": 1024,
+    **A14B_TRANSFORMER,
     "pos_embed_seq_len": None,
 }
 WAN22_TI2V_5B_TRANSFORMER_CONFIG: dict[str, Any] = {
     "_class_name": "WanTransformer3DModel",
-    "patch_size": [1, 2, 2],
-    "num_attention_heads": 24,
-    "attention_head_dim": 128,
-    "in_channels": 48,
-    "out_channels": 48,
-    "text_dim": 4096,
-    "freq_dim": 256,
-    "ffn_dim": 14336,
-    "num_layers": 30,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-06,
-    "image_dim": None,
-    "added_kv_proj_dim": None,
-    "rope_max_seq_len": 1024,
+    **TI2V_5B_TRANSFORMER,
     "pos_embed_seq_len": None,
 }
 # Registry name (studio.models.REGISTRY) -> transformer config, for models whose weights are absent.

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from studio.engine.model_shapes import A14B_TRANSFORMER, TI2V_5B_TRANSFORMER
+
 # diffusers module name (inside a block) -> original/ComfyUI module name
 ATTN_MODULES = {
     "attn1.to_q": "self_attn.q",
@@ -77,16 +79,8 @@ _BASE = dict(patch_size=(1, 2, 2), in_channels=36, out_channels=16, text_dim=409
 WAN_1_3B_CONFIG = dict(
     _BASE, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30, in_channels=16
 )
-WAN_5B_CONFIG = dict(
-    _BASE,
-    num_attention_heads=24,
-    attention_head_dim=128,
-    ffn_dim=14336,
-    num_layers=30,
-    in_channels=48,
-    out_channels=48,
-)
-WAN_14B_CONFIG = dict(_BASE, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40)
+WAN_5B_CONFIG = dict(TI2V_5B_TRANSFORMER)
+WAN_14B_CONFIG = dict(A14B_TRANSFORMER)
 
 
 def _dim(config: Mapping[str, Any]) -> int:
