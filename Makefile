@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev browser run test lint format clean
+.PHONY: install install-dev browser run test lint format bench clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -45,6 +45,10 @@ lint: install-dev
 format: install-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Benchmarks (not part of the tests): ratios measured in one run, see bench/README.md.
+bench: install-dev
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
