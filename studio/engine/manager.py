@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from studio.engine import lora_ops
 from studio.engine.memory import (
     MemoryConfig,
     apply_memory,
@@ -197,8 +198,7 @@ class PipelineManager:
             self._weights.clear()
             self._fused = False
             self._shift = None
-            gc.collect()
-            _empty_cuda_cache()
+            lora_ops.release_memory()
 
     def _require_model(self) -> None:
         if self.pipe is None:
@@ -228,8 +228,12 @@ class PipelineManager:
     def active_weights(self) -> dict[str, dict[str, float]]:
         return {c: dict(w) for c, w in self._weights.items()}
 
-    def apply_stack(self, stack: Stack, *, fuse: bool = False) -> AdapterPlan:
-        """Make the loaded adapters and their weights match ``stack`` (a diff, see module doc)."""
+    def apply_stack(self, stack: Stack, *, fuse: bool = False, keep_fused: bool = False) -> AdapterPlan:
+        """Make the loaded adapters and their weights match ``stack`` (a diff, see module doc).
+
+        ``fuse``: fuse the stack into the weights. ``keep_fused``: an unchanged stack that is
+        already fused (e.g. fused automatically) stays fused.
+        """
         with self._lock:
             self._require_model()
             plan = plan_stack(
@@ -242,7 +246,7 @@ class PipelineManager:
                 plan.weights == self._weights
                 and not plan.to_load
                 and not plan.to_delete
-                and fuse == self._fused
+                and (fuse == self._fused or (keep_fused and self._fused))
             )
             if unchanged:
                 return plan
@@ -286,15 +290,8 @@ class PipelineManager:
             by_component.setdefault(component, []).append(adapter)
             self._loras.pop((component, adapter), None)
         for component, adapters in by_component.items():
-            model = getattr(self.pipe, component)
-            if not any(c == component for c, _ in self._loras):
-                # Nothing left in this expert: remove the LoRA layers entirely, so the
-                # base model runs at full speed and no memory is left behind.
-                model.unload_lora()
-            else:
-                model.delete_adapters(adapters)
-        if keys:
-            gc.collect()
+            # Leaves no tensor behind; layers left without adapters run at full speed again.
+            lora_ops.delete_adapters(getattr(self.pipe, component), adapters)
 
     def _load(self, plan: AdapterPlan) -> None:
         """Read each new file once, check it fits the model, load it into its expert(s)."""
@@ -306,15 +303,7 @@ class PipelineManager:
             for component, adapter in targets:
                 try:
                     self._fault("lora_load")
-                    with warnings.catch_warnings():
-                        # peft warns on each extra adapter in a model; several adapters is the point here.
-                        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                        self.pipe.load_lora_weights(
-                            prepared.state_dict,
-                            adapter_name=adapter,
-                            load_into_transformer_2=component == "transformer_2",
-                            **prepared.load_kwargs,
-                        )
+                    self._load_adapter(component, adapter, prepared)
                     keep_lora_in_compute_dtype(getattr(self.pipe, component), adapter)
                 except BaseException as exc:
                     self._discard_partial(component, adapter)
@@ -326,14 +315,31 @@ class PipelineManager:
                 )
             del prepared
 
+    def _load_adapter(self, component: str, adapter: str, prepared) -> None:
+        """The fast path (the file's tensors become the adapter); diffusers' loader for what it can't do."""
+        model = getattr(self.pipe, component)
+        try:
+            if self.memory.mode == "sequential":  # accelerate hooks on every leaf: diffusers lifts them
+                raise lora_ops.UnsupportedLora("sequential offload")
+            lora_ops.load_adapter(model, prepared.state_dict, adapter)
+        except lora_ops.UnsupportedLora:
+            with warnings.catch_warnings():
+                # peft warns on each extra adapter in a model; several adapters is the point here.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                self.pipe.load_lora_weights(
+                    prepared.state_dict,
+                    adapter_name=adapter,
+                    load_into_transformer_2=component == "transformer_2",
+                    **prepared.load_kwargs,
+                )
+            lora_ops.enable_fast_forward(model)
+        keep_lora_in_compute_dtype(model, adapter)
+
     def _discard_partial(self, component: str, adapter: str) -> None:
         """Remove what a failed load left of ``adapter`` in ``component`` (so a retry can load it)."""
         model = getattr(self.pipe, component)
-        if adapter in (getattr(model, "peft_config", None) or {}):
-            if any(c == component for c, _ in self._loras):
-                model.delete_adapters([adapter])
-            else:
-                model.unload_lora()
+        if adapter in (getattr(model, "peft_config", None) or {}) or adapter in lora_ops.adapter_names(model):
+            lora_ops.delete_adapters(model, [adapter])
 
     def _set_weights(self, weights: dict[str, dict[str, float]]) -> None:
         for component in self.components().values():
@@ -342,24 +348,36 @@ class PipelineManager:
             has_adapters = any(c == component for c, _ in self._loras)
             if not has_adapters:
                 continue
-            if wanted:
-                model.enable_lora()
-                model.set_adapters(list(wanted), list(wanted.values()))
-            else:
-                model.disable_lora()
+            lora_ops.set_adapter_weights(model, wanted)  # sets scales directly; {} turns LoRA off
         self._weights = {c: dict(w) for c, w in weights.items() if w}
 
     def _fuse(self) -> None:
         for component, weights in self._weights.items():
             if weights:
-                getattr(self.pipe, component).fuse_lora()
+                lora_ops.fuse(getattr(self.pipe, component))  # one matmul per module for the whole stack
         self._fused = True
 
     def _unfuse(self) -> None:
         for component, weights in self._weights.items():
             if weights:
-                getattr(self.pipe, component).unfuse_lora()
+                lora_ops.unfuse(getattr(self.pipe, component))
         self._fused = False
+
+    def fuse_pays_off(self, settings: RenderSettings) -> bool:
+        """Whether fusing the active stack beats running it unfused for this render (FLOP count).
+
+        Fusing is exact (fused and unfused outputs match to ~1e-6) and costs a fixed amount per
+        module, so it pays off for real renders (32,760 tokens at 480p) and not for tiny ones.
+        """
+        if not self._weights:
+            return False
+        tokens = ((settings.frames - 1) // 4 + 1) * (settings.height // 16) * (settings.width // 16)
+        forwards = max(1, settings.steps // max(1, len(self.components())))
+        forwards *= 2 if settings.guidance > 1.0 else 1
+        return all(
+            lora_ops.fuse_pays_off(getattr(self.pipe, component), tokens, forwards)
+            for component in self._weights
+        )
 
     def lora_records(self) -> list[dict[str, Any]]:
         """What the active adapters are, for sidecars: file, sha256, expert, weight."""
@@ -426,7 +444,11 @@ class PipelineManager:
             raise RenderCancelled()
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        self.apply_stack(request.stack, fuse=request.fuse)
+        auto = not request.fuse and self.memory.precision != "fp8"
+        self.apply_stack(request.stack, fuse=request.fuse, keep_fused=auto)
+        if auto and not self._fused and self.fuse_pays_off(settings):
+            with self._oom_guard("fusing the LoRAs"):
+                self._fuse()
         timings["apply_stack_s"] = time.perf_counter() - t0
         if cancel.cancelled:
             raise RenderCancelled()

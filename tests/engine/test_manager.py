@@ -229,3 +229,21 @@ def test_a_pickle_file_is_refused_and_never_unpickled(manager, lora_dir):
     with pytest.raises(LoraFileError):
         manager.apply_stack(Stack(entries=[StackEntry.single(path)]))
     assert manager.loaded_adapters() == {}
+
+
+def test_a_stack_is_fused_automatically_only_when_it_pays_off(manager, start_image, make_lora):
+    stack = Stack(entries=[StackEntry.single(make_lora())])
+    one_step = SETTINGS.model_copy(update={"steps": 1, "guidance": 1.0, "guidance_low": 1.0})
+    assert not manager.fuse_pays_off(one_step)  # nothing loaded yet
+    manager.render(RenderRequest(image=start_image, settings=one_step, stack=stack, decode=False))
+    assert not manager._fused  # one forward per expert: fusing would cost more than it saves
+    assert manager.fuse_pays_off(SETTINGS.model_copy(update={"width": 832, "height": 480, "frames": 81}))
+    manager.render(RenderRequest(image=start_image, settings=SETTINGS, stack=stack, decode=False))
+    assert manager._fused  # 4 CFG steps: two forwards per step pay for the fuse
+    reads = manager.lora_file_reads
+    changed = Stack(entries=[stack.entries[0].model_copy(update={"weight_low": 0.5})])
+    manager.render(RenderRequest(image=start_image, settings=SETTINGS, stack=changed, decode=False))
+    assert manager.active_weights()["transformer_2"] == {
+        next(iter(manager.active_weights()["transformer_2"])): 0.5
+    }
+    assert manager.lora_file_reads == reads  # unfuse, re-weight, fuse: still no file read

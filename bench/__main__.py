@@ -1,0 +1,68 @@
+"""``python -m bench``: benchmarks 1–6 in order, each table, then one combined ``key=value`` line.
+
+The GPU benchmark (7) runs on its own: ``python -m bench.gpu`` (it needs CUDA).
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench import add_lora, cold_start, common, fuse, memory, per_step, weight_change
+from bench.context import Context
+from bench.subjects import BLOCK_TRUE
+
+# Targets of the issue: each value must be at most this.
+TARGETS = {
+    "weight_change_ratio": 0.01,
+    "add_lora_ratio": 3.0,
+    "fuse_ratio": 1.0,
+    "fused_overhead": 0.02,
+    "unfused4_overhead": 0.15,
+    "rss_growth": 0.05,
+}
+MAIN_KEYS = (
+    "weight_change_ratio",
+    "add_lora_ratio",
+    "fuse_ratio",
+    "fused_overhead",
+    "unfused4_overhead",
+    "rss_growth",
+    "cold_start_s",
+    "first_render_s",
+)
+
+
+def main() -> None:
+    common.setup()
+    started = time.perf_counter()
+    ctx = Context()
+    keys: dict[str, float] = {}
+    try:
+        common.emit(common.machine_line())
+        common.emit("")
+        for module in (weight_change, add_lora, fuse, per_step):
+            text, found = module.run(ctx)
+            keys.update(found)
+            common.emit(text)
+        ctx.drop(BLOCK_TRUE)
+        for module in (memory, cold_start):
+            text, found = module.run(ctx)
+            keys.update(found)
+            common.emit(text)
+    finally:
+        ctx.close()
+    total = time.perf_counter() - started
+    rows = []
+    for key, target in TARGETS.items():
+        value = keys.get(key, float("nan"))
+        rows.append([key, common.fmt(value), f"≤ {target:g}", "yes" if value <= target else "NO"])
+    for key in ("cold_start_s", "first_render_s"):
+        rows.append([key, common.fmt(keys.get(key, float("nan"))), "(absolute)", "-"])
+    common.emit(common.table(f"Summary (whole run {total:.0f} s)", ["key", "value", "target", "met"], rows))
+    ordered = {k: keys[k] for k in MAIN_KEYS if k in keys}
+    extra = {k: v for k, v in keys.items() if k not in ordered and not k.startswith("_")}
+    common.emit(common.kv_line({**ordered, **extra, "bench_total_s": total}))
+
+
+if __name__ == "__main__":
+    main()

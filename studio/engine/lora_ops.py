@@ -1,0 +1,633 @@
+"""Fast LoRA operations on a diffusers transformer, with the same results as the diffusers/peft calls.
+
+The adapters stay ordinary peft ``LoraLayer`` modules (so every diffusers/peft call
+keeps working on the model), but the hot operations skip the generic machinery:
+
+==============================  ==============================================  ==========================================
+here                            replaces                                        why it is faster
+==============================  ==============================================  ==========================================
+``set_adapter_weights``         ``enable_lora``/``disable_lora`` +              writes the scales straight into each LoRA
+                                ``set_adapters(names, weights)``                layer (no per-parameter ``requires_grad``
+                                                                                walk, no generic weight expansion)
+``load_adapter``                ``load_lora_weights``/``load_lora_adapter``     no LoraConfig matching over every module
+                                                                                name, no random init of factors that are
+                                                                                overwritten at once, no state-dict copy:
+                                                                                the tensors read from the file *become* the
+                                                                                adapter (zero-copy when dtype and device
+                                                                                match the model)
+``delete_adapters``             ``delete_adapters`` / ``unload_lora``           drops every trace of the adapter, unwraps
+                                                                                layers left without adapters (the base runs
+                                                                                at full speed) and hands freed memory back to
+                                                                                the OS (``malloc_trim``): no creep over swaps
+``fuse`` / ``unfuse``           ``fuse_lora`` / ``unfuse_lora``                 one in-place ``addmm_`` per module for all
+                                                                                active adapters, ΔW = B_cat @ (s·A_cat),
+                                                                                instead of one full-size delta, one scaled
+                                                                                copy and one add per adapter
+``enable_fast_forward``         peft's ``Linear.forward``                       unfused adapters in one batched low-rank
+                                                                                product per module, accumulated in place
+                                                                                (``addmm_``): no full-size temporaries per
+                                                                                adapter; zero-weight adapters cost nothing
+==============================  ==============================================  ==========================================
+
+Everything here is for inference (the studio never trains): adapters are frozen
+(``requires_grad=False``) and the fast forward steps aside (falls back to peft's own
+forward) whenever gradients flow, a training-mode module has a real dropout, an adapter
+is a peft variant (DoRA, …), per-sample ``adapter_names`` are passed, dtypes or devices
+differ, or a hook (layerwise casting, sequential offload) wraps the LoRA factors.
+
+Where the manager calls what (``model`` is ``pipe.transformer`` or ``pipe.transformer_2``):
+``_set_weights`` → :func:`set_adapter_weights`; ``_load`` → :func:`load_adapter` (falling
+back to ``load_lora_weights`` on :class:`UnsupportedLora`); ``_fuse``/``_unfuse`` →
+:func:`fuse`/:func:`unfuse`; ``_delete`` → :func:`delete_adapters`; deciding whether to fuse
+a render → :func:`fuse_pays_off`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import math
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
+from peft.tuners.lora.layer import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+__all__ = [
+    "FastLoraLinear",
+    "UnsupportedLora",
+    "adapter_names",
+    "delete_adapters",
+    "disable_fast_forward",
+    "enable_fast_forward",
+    "fuse",
+    "fuse_pays_off",
+    "is_fused",
+    "load_adapter",
+    "lora_layers",
+    "release_memory",
+    "set_adapter_weights",
+    "unfuse",
+]
+
+_LORA_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
+
+
+class UnsupportedLora(ValueError):
+    """The state dict holds something :func:`load_adapter` does not handle (DoRA, LoKr, …).
+
+    The caller should load it with diffusers' ``load_lora_weights`` instead.
+    """
+
+
+# --------------------------------------------------------------------------- walking the model
+def _slots(model: nn.Module) -> list[tuple[nn.Module, str, BaseTunerLayer]]:
+    """(parent, child name, layer) of every peft tuner layer, without descending into them."""
+    found: list[tuple[nn.Module, str, BaseTunerLayer]] = []
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        for name, child in module._modules.items():
+            if child is None:
+                continue
+            if isinstance(child, BaseTunerLayer):
+                found.append((module, name, child))
+            else:
+                stack.append(child)
+    return found
+
+
+def lora_layers(model: nn.Module) -> list[BaseTunerLayer]:
+    """Every peft tuner layer (LoRA layers) of ``model``."""
+    return [layer for _, _, layer in _slots(model)]
+
+
+def adapter_names(model: nn.Module) -> set[str]:
+    """The adapters loaded anywhere in ``model``."""
+    names: set[str] = set()
+    for layer in lora_layers(model):
+        names.update(layer._all_available_adapter_names())
+    return names
+
+
+def is_fused(model: nn.Module) -> bool:
+    return any(layer.merged for layer in lora_layers(model))
+
+
+def _group_offloaded(model: nn.Module) -> bool:
+    try:
+        from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+        return bool(_is_group_offload_enabled(model))
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------- weights
+def set_adapter_weights(model: nn.Module, weights: Mapping[str, float]) -> None:
+    """Activate exactly the adapters in ``weights`` with those weights; ``{}`` turns LoRA off.
+
+    Same result as ``model.enable_lora(); model.set_adapters(list(weights), list(weights.values()))``
+    (or ``model.disable_lora()`` for an empty mapping): each LoRA layer's active adapters
+    become ``list(weights)`` and its scale for adapter ``a`` becomes
+    ``weights[a] * lora_alpha[a] / r[a]`` (``sqrt(r)`` for rsLoRA). Weights are plain
+    numbers (one per adapter and model). Raises ``ValueError`` for a name that is not
+    loaded, and ``RuntimeError`` while the model is fused (unfuse first).
+    """
+    names = list(weights)
+    values = [float(w) for w in weights.values()]
+    known = getattr(model, "peft_config", None)
+    if known is not None:
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"adapter(s) {unknown} are not loaded in this model")
+    layers = lora_layers(model)
+    if any(layer.merged for layer in layers):
+        raise RuntimeError("the LoRAs are fused into the weights: unfuse before changing their weights")
+    enabled = bool(names)
+    for layer in layers:
+        if not enabled:
+            layer._disable_adapters = True
+            continue
+        if isinstance(layer, LoraLayer):
+            layer._active_adapter = list(names)
+            scaling, alpha, rank, rslora = layer.scaling, layer.lora_alpha, layer.r, layer.use_rslora
+            for name, value in zip(names, values, strict=True):
+                if name in scaling:
+                    r = rank[name]
+                    scaling[name] = value * alpha[name] / (math.sqrt(r) if rslora.get(name) else r)
+        else:  # another tuner type: the generic per-layer calls diffusers would make
+            layer.set_adapter(list(names))
+            for name, value in zip(names, values, strict=True):
+                layer.set_scale(name, value)
+        layer._disable_adapters = False
+
+
+# --------------------------------------------------------------------------- loading
+def _group_state_dict(
+    state_dict: Mapping[str, torch.Tensor], prefix: str | None
+) -> dict[str, dict[str, torch.Tensor]]:
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    lead = f"{prefix}." if prefix else ""
+    for key, tensor in state_dict.items():
+        if lead:
+            if not key.startswith(lead):
+                continue
+            key = key[len(lead) :]
+        for param in _LORA_PARAMS:
+            if key.endswith("." + param):
+                modules.setdefault(key[: -len(param) - 1], {})[param] = tensor
+                break
+        else:
+            raise UnsupportedLora(
+                f"unsupported LoRA tensor {key!r} (only lora_A/lora_B weights and lora_B bias)"
+            )
+    return modules
+
+
+def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An ``nn.Linear`` around existing tensors (no allocation, no init)."""
+    linear = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(linear)
+    linear.in_features = weight.shape[1]
+    linear.out_features = weight.shape[0]
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is None:
+        linear.register_parameter("bias", None)
+    else:
+        linear.bias = nn.Parameter(bias, requires_grad=False)
+    return linear
+
+
+def _wrap(base: nn.Linear, adapter: str) -> FastLoraLinear:
+    """A peft LoRA ``Linear`` around ``base`` with no adapter yet (what peft builds, minus the init)."""
+    layer = FastLoraLinear.__new__(FastLoraLinear)
+    nn.Module.__init__(layer)
+    LoraLayer.__init__(layer, base)
+    layer.fan_in_fan_out = False
+    layer._active_adapter = [adapter]
+    layer.is_target_conv_1d_layer = False
+    return layer
+
+
+def _attach(layer: LoraLayer, adapter: str, params: dict[str, torch.Tensor]) -> None:
+    """Add ``adapter`` to ``layer`` the way peft's ``update_layer`` does, with the given factors."""
+    base = layer.get_base_layer()
+    ref = base.weight
+    like = {"device": ref.device, "dtype": ref.dtype} if ref.is_floating_point() else {"device": ref.device}
+    a = params["lora_A.weight"].to(**like)
+    b = params["lora_B.weight"].to(**like)
+    bias = params.get("lora_B.bias")
+    bias = bias.to(**like) if bias is not None else None
+    rank = a.shape[0]
+    layer.r[adapter] = rank
+    layer.lora_alpha[adapter] = rank  # no alpha in a converted state dict: scale 1, as diffusers does
+    layer.scaling[adapter] = 1.0
+    layer.use_rslora[adapter] = False
+    layer.use_dora[adapter] = False
+    layer.lora_bias[adapter] = bias is not None
+    layer.lora_dropout[adapter] = nn.Identity()
+    layer.lora_A[adapter] = _new_linear(a, None)
+    layer.lora_B[adapter] = _new_linear(b, bias)
+
+
+def load_adapter(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    adapter_name: str,
+    *,
+    prefix: str | None = "transformer",
+) -> int:
+    """Load a PEFT-layout LoRA state dict into ``model`` as ``adapter_name``; returns the modules it covers.
+
+    Same result as ``model.load_lora_adapter(state_dict, adapter_name=..., prefix=prefix)``
+    (and so as the pipeline's ``load_lora_weights`` of that state dict): an adapter with
+    ``r`` = the rank of each module and ``lora_alpha = r`` (scale 1; the studio's
+    converter has folded any alpha into the factors), a ``LoraConfig`` in
+    ``model.peft_config``, and afterwards only this adapter active, as diffusers leaves it.
+    The tensors are used as they are when their dtype and device match the model's
+    weights (no copy; one state dict loaded into both experts is shared by them, read
+    only); keep no other reference if you want them freed on delete.
+
+    Checks everything before changing the model: an unknown module, a non-Linear target or
+    a shape that does not fit raises ``ValueError`` and leaves the model as it was;
+    tensors other than ``lora_A.weight``/``lora_B.weight``/``lora_B.bias`` raise
+    :class:`UnsupportedLora` (load those with diffusers). A model with group offloading
+    enabled is loaded through diffusers (its hooks must be re-applied). With sequential CPU
+    offload (accelerate hooks on every leaf) load through the pipeline's
+    ``load_lora_weights`` instead, which lifts the offload while it loads.
+    """
+    if _group_offloaded(model):
+        model.load_lora_adapter(dict(state_dict), adapter_name=adapter_name, prefix=prefix)
+        return len(_group_state_dict(state_dict, prefix))
+    modules = _group_state_dict(state_dict, prefix)
+    if not modules:
+        raise ValueError("the state dict holds no LoRA weights for this model")
+    config = getattr(model, "peft_config", None) or {}
+    if adapter_name in config or adapter_name in adapter_names(model):
+        raise ValueError(
+            f"Adapter name {adapter_name} already in use in the model - please select a new adapter name."
+        )
+
+    targets: list[tuple[str, nn.Module, dict[str, torch.Tensor]]] = []
+    for name, params in modules.items():
+        a, b = params.get("lora_A.weight"), params.get("lora_B.weight")
+        if a is None or b is None:
+            raise ValueError(
+                f"{name}: an incomplete LoRA pair (lora_A without lora_B or the other way round)"
+            )
+        try:
+            target = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the model has no layer named {name}") from None
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if isinstance(target, BaseTunerLayer) and not isinstance(target, PeftLoraLinear):
+            raise UnsupportedLora(f"{name} already holds a non-LoRA adapter")
+        if type(base) is not nn.Linear:
+            raise ValueError(f"{name} is not a Linear layer, so a LoRA cannot be applied to it")
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise ValueError(
+                f"{name}: LoRA factors of shapes {tuple(a.shape)} and {tuple(b.shape)} do not fit"
+            )
+        if a.shape[1] != base.in_features or b.shape[0] != base.out_features:
+            raise ValueError(
+                f"{name}: the LoRA is shaped for a {a.shape[1]}→{b.shape[0]} layer but the layer is "
+                f"{base.in_features}→{base.out_features}"
+            )
+        bias = params.get("lora_B.bias")
+        if bias is not None and tuple(bias.shape) != (base.out_features,):
+            raise ValueError(f"{name}: its lora_B bias does not have the layer's {base.out_features} outputs")
+        if bias is not None and base.bias is None:
+            raise UnsupportedLora(f"{name}: a LoRA bias on a layer without bias")
+        targets.append((name, target, params))
+
+    peft_state = {
+        f"{name}.{param}": tensor for name, params in modules.items() for param, tensor in params.items()
+    }
+    lora_config = _lora_config(peft_state)
+
+    for name, target, params in targets:
+        if isinstance(target, LoraLayer):
+            layer = target
+        else:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            layer = _wrap(target, adapter_name)
+            setattr(parent, child, layer)
+        _attach(layer, adapter_name, params)
+        layer.train(layer.get_base_layer().training)
+    if getattr(model, "peft_config", None) is None:
+        model.peft_config = {}
+    model.peft_config[adapter_name] = lora_config
+    model._hf_peft_config_loaded = True
+    for layer in lora_layers(model):  # diffusers leaves the newest adapter as the only active one
+        layer._active_adapter = [adapter_name]
+    enable_fast_forward(model)
+    return len(targets)
+
+
+def _lora_config(peft_state: dict[str, torch.Tensor]):
+    """The ``LoraConfig`` diffusers would record for this (unprefixed, PEFT-layout) state dict."""
+    from diffusers.utils.peft_utils import get_peft_kwargs
+    from peft import LoraConfig
+
+    ranks = {f"^{k}": v.shape[1] for k, v in peft_state.items() if "lora_B" in k and v.ndim > 1}
+    return LoraConfig(**get_peft_kwargs(ranks, None, peft_state))
+
+
+# --------------------------------------------------------------------------- deleting
+def delete_adapters(model: nn.Module, names: str | Iterable[str], *, release: bool = True) -> None:
+    """Delete adapters from ``model``, leaving no tensor, config or module of theirs behind.
+
+    Same result as ``model.delete_adapters(names)`` (the same adapters stay active, by
+    peft's rule, minus its warning per deleted name), and when no adapter is left, as
+    ``model.unload_lora()``: a layer left without adapters is replaced by its base
+    ``Linear`` again, and the model's ``peft_config`` goes. With ``release`` the freed
+    memory is handed back to the OS (:func:`release_memory`).
+    Raises ``ValueError`` while a deleted adapter is fused (unfuse first).
+    """
+    doomed = {names} if isinstance(names, str) else set(names)
+    if _group_offloaded(model):
+        model.delete_adapters(sorted(doomed))
+        if release:
+            release_memory()
+        return
+    slots = _slots(model)
+    merged = sorted({a for _, _, layer in slots for a in layer.merged_adapters} & doomed)
+    if merged:
+        raise ValueError(
+            f"Cannot delete adapter(s) {merged} while they are merged. Please unmerge them first."
+        )
+    for parent, child, layer in slots:
+        active = list(layer.active_adapters)
+        for attr in (*layer.adapter_layer_names, *layer.other_param_names):
+            container = getattr(layer, attr, None)
+            if container is None or not hasattr(container, "keys"):
+                continue
+            for adapter in doomed & set(container.keys()):
+                del container[adapter]
+        for adapter in doomed:
+            if isinstance(layer, LoraLayer):
+                layer.lora_variant.pop(adapter, None)
+            if adapter in layer.frozen_peft_weight_names:
+                del layer.frozen_peft_weight_names[adapter]
+        getattr(layer, "_caches", {}).clear()
+        layer.__dict__.pop("_studio_scale", None)
+        remaining = layer._all_available_adapter_names()
+        if any(a in doomed for a in active):
+            # peft's rule, without its warning: the other active adapters stay active; if none
+            # is left, the first remaining adapter by name becomes the active one.
+            kept = [a for a in active if a not in doomed]
+            layer._active_adapter = kept or remaining[:1]
+        if hasattr(layer, "base_layer") and not remaining:
+            setattr(parent, child, layer.get_base_layer())
+    config = getattr(model, "peft_config", None)
+    if config is not None:
+        for adapter in doomed:
+            config.pop(adapter, None)
+        if not config and not lora_layers(model):
+            del model.peft_config
+            model._hf_peft_config_loaded = None
+    if release:
+        release_memory()
+
+
+_libc: Any = None
+
+
+def release_memory() -> None:
+    """Collect garbage and give freed memory back: the CUDA cache and glibc's free heap pages.
+
+    Tensors freed by a delete go back to glibc's heap, which keeps them (resident) for
+    reuse; after many load/delete cycles of different sizes that shows up as creeping
+    resident memory. ``malloc_trim(0)`` returns the free pages to the OS.
+    """
+    global _libc
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if not sys.platform.startswith("linux"):
+        return
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+# --------------------------------------------------------------------------- fusing
+def _fusable(layer: BaseTunerLayer, names: list[str]) -> bool:
+    return (
+        isinstance(layer, PeftLoraLinear)
+        and not layer.fan_in_fan_out
+        and not any(n in layer.lora_variant for n in names)
+        and type(layer.get_base_layer()) is nn.Linear
+    )
+
+
+def _factors(layer: LoraLayer, names: list[str], scales: list[float], dtype: torch.dtype):
+    """B_cat ``[out, ΣR]`` and (scales · A)_cat ``[ΣR, in]`` in ``dtype``, on the layer's device."""
+    a_parts, b_parts = [], []
+    for name, scale in zip(names, scales, strict=True):
+        a_parts.append(layer.lora_A[name].weight.to(dtype) * scale)
+        b_parts.append(layer.lora_B[name].weight.to(dtype))
+    a = a_parts[0] if len(a_parts) == 1 else torch.cat(a_parts, 0)
+    b = b_parts[0] if len(b_parts) == 1 else torch.cat(b_parts, 1)
+    return b, a
+
+
+@torch.no_grad()
+def _add_delta(layer: LoraLayer, names: list[str], scales: list[float], sign: float) -> None:
+    base = layer.get_base_layer()
+    weight = base.weight
+    live = [(n, s) for n, s in zip(names, scales, strict=True) if s != 0.0]
+    if live:
+        # CPU half-precision matmuls are slow and lossy: do the product in float32 there, as peft does.
+        slow_half = weight.device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16)
+        compute = torch.float32 if slow_half else weight.dtype
+        b, a = _factors(layer, [n for n, _ in live], [s for _, s in live], compute)
+        if compute == weight.dtype:
+            weight.addmm_(b, a, alpha=sign)
+        else:
+            weight.copy_(weight.to(compute).addmm_(b, a, alpha=sign))
+        for name, scale in live:
+            if layer.lora_bias.get(name):
+                lora_bias = layer.lora_B[name].bias
+                base.bias.add_(lora_bias.to(base.bias.dtype), alpha=sign * scale)
+
+
+def fuse(model: nn.Module, adapter_names: Iterable[str] | None = None) -> None:
+    """Fuse the active adapters (or ``adapter_names``) into the base weights; same result as ``fuse_lora()``.
+
+    One in-place ``W += B_cat @ (s·A_cat)`` per module for all adapters together. peft
+    records them as merged (``merged_adapters``), so diffusers' ``unfuse_lora`` also
+    undoes it; the scales used are remembered so :func:`unfuse` subtracts exactly what was
+    added. Adapters already fused stay as they are.
+    """
+    only = None if adapter_names is None else list(adapter_names)
+    for layer in lora_layers(model):
+        wanted = layer.active_adapters if only is None else only
+        if isinstance(layer, LoraLayer):
+            names = [n for n in wanted if n in layer.lora_A and n not in layer.merged_adapters]
+        else:
+            names = list(wanted)
+        if not names:
+            continue
+        if not _fusable(layer, names):
+            layer.merge(adapter_names=names)
+            continue
+        scales = [float(layer.scaling[n]) for n in names]
+        _add_delta(layer, names, scales, 1.0)
+        record = dict(getattr(layer, "_studio_fused", None) or {}) if layer.merged_adapters else {}
+        record.update(zip(names, scales, strict=True))
+        layer._studio_fused = record
+        layer.merged_adapters = [*layer.merged_adapters, *names]
+
+
+def unfuse(model: nn.Module) -> None:
+    """Take every fused adapter out of the base weights again; same result as ``unfuse_lora()``."""
+    for layer in lora_layers(model):
+        if not layer.merged:
+            continue
+        names = list(layer.merged_adapters)
+        record = getattr(layer, "_studio_fused", None) or {}
+        if set(record) != set(names) or not _fusable(layer, names):
+            layer.unmerge()  # fused by peft itself (or not a plain LoRA Linear)
+        else:
+            _add_delta(layer, names, [record[n] for n in names], -1.0)
+            layer.merged_adapters = []
+        layer._studio_fused = None
+
+
+def fuse_pays_off(model: nn.Module, tokens: int, steps: int) -> bool:
+    """Whether fusing the active adapters (and unfusing afterwards) beats running them unfused.
+
+    Counts matmul FLOPs: fuse + unfuse cost 2 · 2·ΣR·in·out per module, and every forward of
+    ``tokens`` tokens with unfused adapters costs 2·tokens·ΣR·(in+out) extra. ``steps`` is
+    the number of forwards this model runs before the adapters change (e.g. its share of
+    the denoising steps, twice that with CFG). On a 480p Wan2.2 render (32,760 tokens) one
+    step already pays for the fuse; on a tiny demo render it does not.
+    """
+    fuse_cost = step_cost = 0
+    for layer in lora_layers(model):
+        if not isinstance(layer, LoraLayer) or layer.disable_adapters or layer.merged:
+            continue
+        rank = sum(layer.r[a] for a in layer.active_adapters if a in layer.lora_A and layer.scaling.get(a))
+        if rank:
+            fan_in, fan_out = layer.in_features, layer.out_features
+            fuse_cost += 4 * rank * fan_in * fan_out
+            step_cost += 2 * tokens * rank * (fan_in + fan_out)
+    return fuse_cost > 0 and steps * step_cost > fuse_cost
+
+
+# --------------------------------------------------------------------------- the forward
+def _plain(module: nn.Module) -> bool:
+    """No hook changes what this module's weight is at forward time."""
+    return not (
+        module._forward_pre_hooks
+        or module._forward_hooks
+        or hasattr(module, "_hf_hook")
+        or hasattr(module, "_diffusers_hook")
+    )
+
+
+class FastLoraLinear(PeftLoraLinear):
+    """peft's LoRA ``Linear`` with a batched, in-place unfused forward (same result to float rounding).
+
+    For the active adapters ``a₁…aₙ`` with scales ``s₁…sₙ``::
+
+        y = base(x);  y += (x @ [s₁A₁; …; sₙAₙ]ᵀ) @ [B₁ … Bₙ]ᵀ      (one addmm_)
+
+    instead of ``y = y + B(A(x)) * s`` per adapter, which allocates and sweeps two
+    full-size ``[tokens, out]`` temporaries per adapter. (Dropout is the only thing that
+    differs in training mode; with peft's default ``Identity`` dropout the fast path runs
+    in either mode.) The class is swapped onto
+    existing peft layers by :func:`enable_fast_forward`; everything else is peft's.
+    """
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if (
+            args
+            or kwargs
+            or self.disable_adapters
+            or self.merged
+            or (torch.is_grad_enabled() and x.requires_grad)
+        ):
+            return super().forward(x, *args, **kwargs)
+        lora_a, scaling = self.lora_A, self.scaling
+        names = [a for a in self.active_adapters if a in lora_a and scaling[a] != 0.0]
+        if not names:
+            return self.base_layer(x)
+        a_layers = [lora_a[n] for n in names]
+        b_layers = [self.lora_B[n] for n in names]
+        dtype = a_layers[0].weight.dtype
+        if (
+            any(n in self.lora_variant for n in names)
+            or (self.training and any(type(self.lora_dropout[n]) is not nn.Identity for n in names))
+            or not all(_plain(m) for m in (*a_layers, *b_layers))
+            or any(m.weight.dtype != dtype for m in (*a_layers, *b_layers))
+            or (torch.is_grad_enabled() and any(m.weight.requires_grad for m in a_layers))
+        ):
+            return super().forward(x, *args, **kwargs)
+        result = self.base_layer(x)
+        if result.dtype != dtype or result.device != a_layers[0].weight.device:
+            return super().forward(x, *args, **kwargs)
+        if not result.is_contiguous():
+            result = result.contiguous()
+        if x.dtype != dtype and self.cast_input_dtype_enabled:
+            x = x.to(dtype)
+        out = result.view(-1, result.shape[-1])
+        flat = x.reshape(-1, x.shape[-1])
+        if len(names) == 1:
+            h = torch.mm(flat, a_layers[0].weight.t())
+            out.addmm_(h, b_layers[0].weight.t(), alpha=scaling[names[0]])
+        else:
+            a = torch.cat([m.weight for m in a_layers], 0)
+            b = torch.cat([m.weight for m in b_layers], 1)
+            scale = self._scale_vector(names, a.device, dtype)
+            a.mul_(scale.unsqueeze(1))
+            out.addmm_(torch.mm(flat, a.t()), b.t())
+        for name, layer in zip(names, b_layers, strict=True):
+            if self.lora_bias.get(name) and layer.bias is not None:
+                out.add_(layer.bias, alpha=scaling[name])
+        return result
+
+    def _scale_vector(self, names: list[str], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Each adapter's scale repeated over its rank rows (cached until names or scales change)."""
+        key = (tuple(names), tuple(self.scaling[n] for n in names), device, dtype)
+        cached = self.__dict__.get("_studio_scale")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        values = [self.scaling[n] for n in names for _ in range(self.r[n])]
+        vector = torch.tensor(values, dtype=dtype).to(device)
+        self.__dict__["_studio_scale"] = (key, vector)
+        return vector
+
+
+def enable_fast_forward(model: nn.Module) -> int:
+    """Give every plain peft LoRA ``Linear`` of ``model`` the batched forward; returns how many changed."""
+    changed = 0
+    for layer in lora_layers(model):
+        if type(layer) is PeftLoraLinear:
+            layer.__class__ = FastLoraLinear
+            changed += 1
+    return changed
+
+
+def disable_fast_forward(model: nn.Module) -> int:
+    """Back to peft's own forward (for comparisons); returns how many changed."""
+    changed = 0
+    for layer in lora_layers(model):
+        if type(layer) is FastLoraLinear:
+            layer.__class__ = PeftLoraLinear
+            layer.__dict__.pop("_studio_scale", None)
+            changed += 1
+    return changed
