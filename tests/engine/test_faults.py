@@ -42,7 +42,9 @@ def test_out_of_memory_is_caught_and_the_next_render_works(studio, start_image, 
     stack = Stack(entries=[StackEntry.single(make_lora(), 0.7, 0.4)])
     pipe = studio.manager.pipe
     studio.manager.fault_hook = oom_at(point)
-    with pytest.raises(OutOfMemory, match=r"ran out of memory rendering 5 frames at 32×32\. Try fewer frames"):
+    with pytest.raises(
+        OutOfMemory, match=r"ran out of memory rendering 5 frames at 32×32\. Try fewer frames"
+    ):
         studio.render(start_image, SETTINGS, stack)
     assert not list(studio.settings.outputs_dir.glob("*"))
     saved = studio.render(start_image, SETTINGS, stack)
