@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from studio.engine import model_shapes
-from studio.engine.model_shapes import A14B, transformer_weights
+from studio.engine.model_shapes import A14B, A14B_TRANSFORMER, transformer_weights
 from studio.engine.vram import (
     GB,
     MEMORY_MODES,
@@ -38,19 +38,8 @@ from studio.engine.vram import (
 from studio.errors import ValidationError
 
 A14B_NAME = "wan2.2-i2v-a14b"
-MID_CONFIG = dict(  # Wan2.1 1.3B proportions (dim 1536, ffn 8960), I2V inputs, two layers
-    patch_size=(1, 2, 2),
-    num_attention_heads=12,
-    attention_head_dim=128,
-    in_channels=36,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=8960,
-    num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-)
+# Wan2.1 1.3B proportions (dim 1536, ffn 8960) with the A14B block's other settings, two layers
+MID_CONFIG = dict(A14B_TRANSFORMER, num_attention_heads=12, ffn_dim=8960, num_layers=2)
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
