@@ -23,8 +23,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from studio.errors import StudioError
-
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
 DEFAULT_FILES_MODEL = "wan2.2-i2v-a14b"
@@ -231,26 +229,3 @@ HUB_COMMANDS = {"search": _search, "files": _files, "download": _download}
 def cmd_hub(args) -> int:
     """Run ``hub search|files|download`` (StudioErrors propagate to the caller's ``error:`` line)."""
     return HUB_COMMANDS[args.hub_command](args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A parser with only the ``hub`` command (used by :func:`main`, e.g. ``python -m studio.cli_hub``)."""
-    from studio.cli import _Parser
-
-    parser = _Parser(prog="studio", description="Wan LoRA Studio: LoRAs on the Hugging Face Hub.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_hub_parser(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return cmd_hub(args)
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -152,26 +152,3 @@ def cmd_compare(args) -> int:
 
 
 PRESET_COMMANDS = {"presets": cmd_presets, "compare": cmd_compare}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A parser with only these commands (used by :func:`main`, e.g. ``python -m studio.cli_presets``)."""
-    from studio.cli import _Parser
-
-    parser = _Parser(prog="studio", description="Wan LoRA Studio presets and comparisons.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_presets_parsers(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return PRESET_COMMANDS[args.command](args)
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

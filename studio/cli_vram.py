@@ -232,18 +232,3 @@ def _run(args) -> int:
     else:
         print(_table(est, spec, card, gpu_text, suggestion))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m studio.cli_vram ...`` (the same as ``python -m studio vram ...``)."""
-    from studio.cli import _Parser
-
-    parser = _Parser(prog="studio", description="Wan LoRA Studio, headless.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_vram_parser(sub)
-    args = parser.parse_args(["vram", *(sys.argv[1:] if argv is None else argv)])
-    return cmd_vram(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fakehub import FakeHub
 
-from studio.cli_hub import main
+from studio.cli import main
 from studio.demo_model import TRANSFORMER_CONFIG
 from studio.loras.synthetic import WAN_14B_CONFIG, make_lora_tensors, training_metadata, write_lora
 
@@ -182,10 +182,10 @@ def test_failures_are_one_error_line(env, fake_hub, repo, capsys, argv, setup, m
     assert (code, out, err) == (2, "", message + "\n")
 
 
-def test_python_m_studio_cli_hub(env, repo, fake_hub):
+def test_python_m_studio_hub(env, repo, fake_hub):
     # HF_ENDPOINT (set by the fake Hub's environment) reaches a fresh process: nothing but loopback is used
     result = subprocess.run(
-        [sys.executable, "-m", "studio.cli_hub", "hub", "files", REPO, "--model", "demo", "--json"],
+        [sys.executable, "-m", "studio", "hub", "files", REPO, "--model", "demo", "--json"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

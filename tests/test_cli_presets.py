@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from studio.cli_presets import main
+from studio.cli import main
 from studio.media import probe_video, write_video
 from studio.presets import load_preset
 
@@ -110,7 +110,7 @@ def test_compare_writes_the_labelled_side_by_side_file(tmp_path):
     a = clip(tmp_path / "a.mp4", 30)
     b = clip(tmp_path / "b.mp4", 220)
     out = tmp_path / "side.mp4"
-    cmd = [sys.executable, "-m", "studio.cli_presets", "compare", str(a), str(b), "--out", str(out),
+    cmd = [sys.executable, "-m", "studio", "compare", str(a), str(b), "--out", str(out),
            "--label", "dark", "--label", "light"]  # fmt: skip
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=environ)
@@ -136,7 +136,6 @@ def test_compare_checks_its_arguments(tmp_path, capsys):
 def test_render_with_a_preset_file(
     tmp_path, studio_cache, demo_model_dir, start_image, make_lora, monkeypatch, capsys
 ):
-    from studio.cli import main as studio_main
 
     make_lora("style.safetensors")
     preset = (
@@ -172,7 +171,7 @@ def test_render_with_a_preset_file(
     monkeypatch.setenv("STUDIO_CACHE", str(studio_cache))
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "clip.mp4"
-    code = studio_main(["render", "--image", str(image), "--prompt", "a cat", "--preset", str(preset), "--seed", "3",
+    code = main(["render", "--image", str(image), "--prompt", "a cat", "--preset", str(preset), "--seed", "3",
                         "--out", str(out)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     sidecar = json.loads(out.with_suffix(".json").read_text())

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from studio import cli_vram
+from studio.cli import main
 from studio.engine.nvml import gpu_status
 
 A14B = ["--model", "wan2.2-i2v-a14b", "--width", "832", "--height", "480", "--frames", "81"]
@@ -14,7 +14,7 @@ A14B = ["--model", "wan2.2-i2v-a14b", "--width", "832", "--height", "480", "--fr
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     try:
-        code = cli_vram.main(list(argv))
+        code = main(["vram", *argv])
     except SystemExit as exc:  # argparse errors
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
