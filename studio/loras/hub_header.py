@@ -26,11 +26,11 @@ from studio.errors import LoraFileError
 from studio.loras.inspect import LoraInfo, alpha_keys, summarise
 from studio.loras.safetensors_io import (
     DTYPES,
-    MAX_HEADER_BYTES,
     SafetensorsHeader,
     _broken,
     _parse_header,
     check_suffix,
+    header_size_from_prefix,
 )
 
 FIRST_BYTES = 100_000
@@ -109,27 +109,9 @@ def read_remote_header(
         raise _broken(path, "it is empty")
     first, total = _range_get(url, headers, 0, end, timeout)
     size = file_size if file_size is not None else total
-    if len(first) < 8:
-        raise _broken(path, f"it is only {len(first)} bytes long")
-    head = first[:8]
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        raise LoraFileError(
-            f"{name} is a PyTorch pickle file renamed to .safetensors; the studio does not load "
-            "pickles because they can run code. Get the real .safetensors version of this LoRA."
-        )
-    header_size = int.from_bytes(head, "little")
-    if header_size > MAX_HEADER_BYTES:
-        raise _broken(
-            path,
-            f"its header claims to be {header_size:,} bytes, more than the 100 MB a LoRA header may have",
-        )
     if size is None:
         size = len(first)
-    if 8 + header_size > size:
-        raise _broken(
-            path,
-            f"its header claims {header_size:,} bytes but the file has only {size:,} (it may be cut off)",
-        )
+    header_size = header_size_from_prefix(path, first[:8], size)
     if header_size > REMOTE_HEADER_LIMIT:
         raise LoraFileError(
             f"{name} has a {header_size / 1e6:.0f} MB header, too large to read over the network; "

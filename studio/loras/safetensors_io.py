@@ -213,9 +213,12 @@ def _parse_header(path: Path, raw: bytes, header_size: int, file_size: int) -> S
     return SafetensorsHeader(tensors=tensors, metadata=metadata, file_size=file_size, header_size=header_size)
 
 
-def _read_header_from(f, path: Path, hasher=None) -> SafetensorsHeader:
-    file_size = os.fstat(f.fileno()).st_size
-    head = f.read(8)
+def header_size_from_prefix(path: Path, head: bytes, file_size: int) -> int:
+    """The header length from a file's first 8 bytes, after the checks every reader makes.
+
+    Refuses a short file, a pickle renamed to .safetensors, a header over the 100 MB cap and
+    a header longer than the file (``file_size`` is the whole file's size, local or remote).
+    """
     if len(head) < 8:
         raise _broken(path, f"it is only {len(head)} bytes long (the download was probably cut off)")
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
@@ -223,7 +226,7 @@ def _read_header_from(f, path: Path, hasher=None) -> SafetensorsHeader:
             f"{path.name} is a PyTorch pickle file renamed to .safetensors; the studio does not load "
             "pickles because they can run code. Get the real .safetensors version of this LoRA."
         )
-    header_size = int.from_bytes(head, "little")
+    header_size = int.from_bytes(head[:8], "little")
     if header_size > MAX_HEADER_BYTES:
         raise _broken(
             path,
@@ -235,6 +238,13 @@ def _read_header_from(f, path: Path, hasher=None) -> SafetensorsHeader:
             f"its header claims {header_size:,} bytes but the file has only {file_size:,} "
             "(the download was probably cut off)",
         )
+    return header_size
+
+
+def _read_header_from(f, path: Path, hasher=None) -> SafetensorsHeader:
+    file_size = os.fstat(f.fileno()).st_size
+    head = f.read(8)
+    header_size = header_size_from_prefix(path, head, file_size)
     raw = f.read(header_size)
     if len(raw) < header_size:
         raise _broken(path, "the file ended inside its header (it changed while being read)")
