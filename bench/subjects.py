@@ -42,20 +42,10 @@ LATENT = (4, 32, 32)
 TEXT_TOKENS = 512  # what the pipeline feeds (max_sequence_length)
 LORA_SCALE = 0.01  # random factors this size keep every activation in a sane range
 
-_WAN_COMMON = dict(
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    image_dim=None,
-    added_kv_proj_dim=None,
-    rope_max_seq_len=1024,
-)
-
-# The real Wan2.2 A14B expert (diffusers' transformer/config.json): used by the GPU benchmark.
-WAN22_A14B_CONFIG: dict[str, Any] = dict(WAN_14B_CONFIG, **_WAN_COMMON)
+WAN22_A14B_CONFIG: dict[str, Any] = dict(WAN_14B_CONFIG)
 BLOCK_TRUE_CONFIG: dict[str, Any] = dict(WAN22_A14B_CONFIG, num_layers=BLOCK_TRUE_LAYERS, text_dim=TEXT_DIM)
 WAN13_CONFIG: dict[str, Any] = dict(
-    WAN_1_3B_CONFIG, **_WAN_COMMON, num_layers=WAN13_LAYERS, in_channels=36, text_dim=TEXT_DIM
+    WAN_1_3B_CONFIG, num_layers=WAN13_LAYERS, in_channels=36, text_dim=TEXT_DIM
 )
 
 

@@ -75,10 +75,8 @@ LAYOUTS = (
     "i2v",
 )
 
-_BASE = dict(patch_size=(1, 2, 2), in_channels=36, out_channels=16, text_dim=4096, freq_dim=256)
-WAN_1_3B_CONFIG = dict(
-    _BASE, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30, in_channels=16
-)
+# Wan2.1 1.3B: the same block as A14B at dim 1536 (12 heads), ffn 8960, 30 layers, T2V inputs.
+WAN_1_3B_CONFIG = dict(A14B_TRANSFORMER, num_attention_heads=12, ffn_dim=8960, num_layers=30, in_channels=16)
 WAN_5B_CONFIG = dict(TI2V_5B_TRANSFORMER)
 WAN_14B_CONFIG = dict(A14B_TRANSFORMER)
 
