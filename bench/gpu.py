@@ -38,6 +38,13 @@ PEAK_TFLOPS = (
 )
 
 
+def gpu_subject() -> tuple[int, int, int, int]:
+    """Layers, frames, height and width of the GPU subject (``BENCH_GPU_*``; default: the real 480p render)."""
+    env = os.environ.get
+    return (int(env("BENCH_GPU_LAYERS", "40")), int(env("BENCH_GPU_FRAMES", "81")),
+            int(env("BENCH_GPU_HEIGHT", "480")), int(env("BENCH_GPU_WIDTH", "832")))  # fmt: skip
+
+
 def peak_flops(name: str) -> float | None:
     if os.environ.get("BENCH_GPU_PEAK_TFLOPS"):
         return float(os.environ["BENCH_GPU_PEAK_TFLOPS"]) * 1e12
@@ -64,10 +71,7 @@ def main() -> None:
     common.setup()
     from studio.engine import lora_ops
 
-    layers = int(os.environ.get("BENCH_GPU_LAYERS", "40"))
-    frames = int(os.environ.get("BENCH_GPU_FRAMES", "81"))
-    height = int(os.environ.get("BENCH_GPU_HEIGHT", "480"))
-    width = int(os.environ.get("BENCH_GPU_WIDTH", "832"))
+    layers, frames, height, width = gpu_subject()
     repeats = int(os.environ.get("BENCH_GPU_REPEATS", "3"))
     config = dict(WAN22_A14B_CONFIG, num_layers=layers)
     latent = ((frames - 1) // 4 + 1, height // 8, width // 8)

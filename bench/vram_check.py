@@ -12,12 +12,12 @@ Settings: ``BENCH_GPU_LAYERS`` (40), ``BENCH_GPU_FRAMES``/``HEIGHT``/``WIDTH`` (
 
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
 
 from bench import common
+from bench.gpu import gpu_subject
 from bench.subjects import WAN22_A14B_CONFIG, forward_inputs, random_transformer
 
 TITLE = "VRAM: estimate vs torch.cuda.max_memory_allocated (A14B expert, one forward)"
@@ -34,10 +34,7 @@ def main() -> None:
     from studio.engine.model_shapes import shapes_for
     from studio.engine.vram import estimate
 
-    layers = int(os.environ.get("BENCH_GPU_LAYERS", "40"))
-    frames = int(os.environ.get("BENCH_GPU_FRAMES", "81"))
-    height = int(os.environ.get("BENCH_GPU_HEIGHT", "480"))
-    width = int(os.environ.get("BENCH_GPU_WIDTH", "832"))
+    layers, frames, height, width = gpu_subject()
     config = dict(WAN22_A14B_CONFIG, num_layers=layers)
     latent = ((frames - 1) // 4 + 1, height // 8, width // 8)
 
