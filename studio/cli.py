@@ -95,11 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings_for(args, spec, preset):
     from studio.stack import RenderSettings, build
 
-    d = spec.defaults
-    values = {
-        "width": d.width, "height": d.height, "frames": d.frames, "steps": d.steps, "guidance": d.guidance,
-        "guidance_low": d.guidance_low, "shift": d.shift, "fps": d.fps, "negative_prompt": d.negative_prompt,
-    }  # fmt: skip
+    values = spec.defaults.settings_values()
     if preset is not None:
         values.update(preset.settings)
     flags = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from studio.errors import ModelError
@@ -29,6 +29,10 @@ class ModelDefaults:
     shift: float
     fps: int
     negative_prompt: str = ""
+
+    def settings_values(self) -> dict:
+        """These defaults as RenderSettings fields (what a request that sets nothing else renders with)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)

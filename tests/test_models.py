@@ -69,3 +69,15 @@ def test_a_folder_that_is_not_a_pipeline_is_refused(tmp_path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     with pytest.raises(ModelError, match="not a Wan image-to-video pipeline"):
         spec_from_folder(tmp_path)
+
+
+def test_each_models_defaults_are_valid_render_settings():
+    from studio.stack import RenderSettings
+
+    for spec in REGISTRY.values():
+        settings = RenderSettings(**spec.defaults.settings_values())
+        assert (settings.width, settings.frames, settings.steps) == (
+            spec.defaults.width,
+            spec.defaults.frames,
+            spec.defaults.steps,
+        )

@@ -60,9 +60,21 @@ def settings_from_widgets(
 
 def model_defaults(spec) -> list:
     """Widget values for a model's defaults, in the order of the layout's ``default_widgets``."""
-    d = spec.defaults
-    low = d.guidance if d.guidance_low is None else d.guidance_low
-    return [d.width, d.height, d.frames, d.steps, d.guidance, low, d.shift, d.fps, d.negative_prompt]
+    values = spec.defaults.settings_values()
+    if values["guidance_low"] is None:
+        values["guidance_low"] = values["guidance"]
+    names = (
+        "width",
+        "height",
+        "frames",
+        "steps",
+        "guidance",
+        "guidance_low",
+        "shift",
+        "fps",
+        "negative_prompt",
+    )
+    return [values[name] for name in names]
 
 
 # ------------------------------------------------------------------- stack edits
@@ -207,12 +219,7 @@ def render_api(studio: Studio, request, image, prompt: str, settings_json: str, 
         overrides = json.loads(settings_json or "{}")
         if not isinstance(overrides, dict):
             raise StudioError("settings_json must be a JSON object of render settings.")
-        defaults = studio.spec.defaults
-        values = {
-            "width": defaults.width, "height": defaults.height, "frames": defaults.frames,
-            "steps": defaults.steps, "guidance": defaults.guidance, "guidance_low": defaults.guidance_low,
-            "shift": defaults.shift, "fps": defaults.fps, "negative_prompt": defaults.negative_prompt,
-        }  # fmt: skip
+        values = studio.spec.defaults.settings_values()
         values.update(overrides)
         values["prompt"] = prompt
         settings = build(RenderSettings, "render settings", **values)
