@@ -204,16 +204,14 @@ def build_hub_tab(studio: Studio, refs: EditorRefs) -> None:
     )
 
     def add(item_id, state, version):
+        # A downloaded Hub item has the same id in the library ("hub-…"), so it adds like a local one.
+        if not any(i.id == item_id for i in studio.library()):
+            return state, version, h.status("Download it first.", "error")
         new_state, message = h.add_lora(studio, state, item_id)
         return new_state, version + (new_state is not state), message
 
-    # A downloaded Hub item has the same id in the library ("hub-…"), so it adds like a local one.
     add_btn.click(
-        lambda item_id, state, version: (
-            add(item_id, state, version)
-            if any(i.id == item_id for i in studio.library())
-            else (state, version, h.status("Download it first.", "error"))
-        ),
+        add,
         inputs=[item, refs.stack_state, refs.stack_version],
         outputs=[refs.stack_state, refs.stack_version, hub_status],
         api_visibility="private",

@@ -25,3 +25,11 @@ def free_port() -> int:
 def assert_not_blank(path) -> None:
     pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
     assert pixels.std() > 10, f"{path} looks blank"
+
+
+def choose(page, dropdown: str, option_prefix: str) -> None:
+    """Pick the option of a Gradio dropdown (``#elem-id``) whose text starts with ``option_prefix``."""
+    import re
+
+    page.click(f"{dropdown} input")
+    page.get_by_role("option", name=re.compile(rf"^{re.escape(option_prefix)}")).click()

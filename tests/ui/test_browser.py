@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
-from pagekit import ENTRY, assert_not_blank
+from pagekit import ENTRY, assert_not_blank, choose
 from playwright.sync_api import expect
 
 from studio.service import Studio
@@ -53,8 +51,7 @@ def page(browser, studio_url):
 
 
 def choose_in_library(page, label: str) -> None:
-    page.click("#library input")
-    page.get_by_role("option", name=re.compile(rf"^{re.escape(label)} · ")).click()
+    choose(page, "#library", f"{label} · ")
     expect(page.locator("#library-card")).to_contain_text(label)
 
 

@@ -8,12 +8,11 @@ the synchronized player, a Baseline comparison and the side-by-side export.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from types import SimpleNamespace
 
 import pytest
-from pagekit import ENTRY
+from pagekit import ENTRY, choose
 from playwright.sync_api import expect
 
 from studio.compare import DiffRow
@@ -174,8 +173,7 @@ def set_up_editor(page, start_png, prompt: str, seed: int) -> None:
 
 
 def add_lora(page, label: str) -> None:
-    page.click("#library input")
-    page.get_by_role("option", name=re.compile(rf"^{re.escape(label)} · ")).click()
+    choose(page, "#library", f"{label} · ")
     page.click("#add-lora")
     page.wait_for_selector(f"#stack-status:has-text('Added {label}')")
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
-from pagekit import ENTRY
+from pagekit import ENTRY, choose
 from playwright.sync_api import expect
 from safetensors.torch import save
 
@@ -62,13 +60,11 @@ def test_search_inspect_download_and_add_from_the_hub(
         r.range for r in fake_hub.requests_for("*.safetensors", method="GET", host="cdn")
     )  # only headers were read so far
 
-    page.click("#hub-item input")
-    page.get_by_role("option", name=re.compile(r"^orbit_14b \[incompatible\]")).click()
+    choose(page, "#hub-item", "orbit_14b [incompatible]")
     page.click("#hub-download")
     expect(page.locator("#hub-status")).to_contain_text("would change nothing")
 
-    page.click("#hub-item input")
-    page.get_by_role("option", name=re.compile(r"^orbit \[compatible\]")).click()
+    choose(page, "#hub-item", "orbit [compatible]")
     page.click("#hub-download")
     expect(page.locator("#hub-status")).to_contain_text("Downloaded orbit", timeout=30_000)
     page.click("#hub-add")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from pagekit import ENTRY
+from pagekit import ENTRY, choose
 from playwright.sync_api import expect
 
 from studio.service import Studio
@@ -38,11 +38,6 @@ def page(browser, env):
     page.wait_for_selector("#render")
     yield page
     context.close()
-
-
-def choose(page, dropdown: str, option: str) -> None:
-    page.click(f"{dropdown} input")
-    page.get_by_role("option", name=re.compile(rf"^{re.escape(option)}")).click()
 
 
 def add_style(page) -> None:
