@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -111,3 +112,23 @@ def test_estimates_count_the_stack_and_can_plan_for_another_model(studio, make_l
     with_lora = studio.estimate(settings, Stack(entries=[StackEntry.single(path)]), MemoryConfig())
     without = studio.estimate(settings, Stack(), MemoryConfig())
     assert with_lora.peak_vram_bytes > without.peak_vram_bytes
+
+
+def test_lora_badges_do_not_wait_for_a_running_render(studio, start_image, make_lora):
+    make_lora("a.safetensors")
+    started, done = threading.Event(), threading.Event()
+
+    def run():
+        slow = FAST.model_copy(update={"steps": 120})
+        with contextlib.suppress(RenderCancelled):
+            studio.render(start_image, slow, Stack(), session="r", progress=lambda e: started.set())
+        done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(60)
+    (item,) = studio.library()
+    assert studio.compat(item).level == "compatible"  # answered while the render holds the model's lock
+    assert not done.is_set()
+    studio.cancel("r")
+    thread.join(60)

@@ -128,6 +128,7 @@ class PipelineManager:
         self._fused = False
         self._shift: float | None = None
         self.memory = memory or MemoryConfig()
+        self._transformer_config: dict[str, Any] | None = None
         self.reports: dict[Path, MatchReport] = {}  # match report of each loaded file
         # Counters that tests and benchmarks read.
         self.lora_file_reads = 0
@@ -156,6 +157,7 @@ class PipelineManager:
             source = pipeline_source(spec, self.settings)
             self.pipe = self._from_pretrained(spec, source)
             self.spec = spec
+            self._transformer_config = dict(self.pipe.transformer.config)
             self.model_loads += 1
             return spec
 
@@ -194,6 +196,7 @@ class PipelineManager:
         with self._lock:
             self.pipe = None
             self.spec = None
+            self._transformer_config = None
             self._loras.clear()
             self._weights.clear()
             self._fused = False
@@ -205,10 +208,16 @@ class PipelineManager:
             self.load_model()
 
     def transformer_config(self) -> dict[str, Any]:
-        """The loaded model's transformer config (what LoRA compatibility is checked against)."""
-        with self._lock:
-            self._require_model()
-            return dict(self.pipe.transformer.config)
+        """The loaded model's transformer config (what LoRA compatibility is checked against).
+
+        Kept from load time, so the UI can check LoRAs while a render holds the lock.
+        """
+        config = self._transformer_config
+        if config is None:
+            with self._lock:
+                self._require_model()
+                config = self._transformer_config
+        return dict(config)
 
     def components(self) -> dict[str, str]:
         """Expert → pipeline component name for the loaded model."""
