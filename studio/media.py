@@ -388,6 +388,19 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any, *, overwrite: boo
     return path
 
 
+def write_cache_json(path: str | os.PathLike[str], data: Any) -> bool:
+    """Replace a cache file (an index, a registry) atomically; False when it could not be written.
+
+    A cache that cannot be written only makes the next run slower, so this never raises.
+    """
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, data, overwrite=True)
+    except (OutputError, OSError):
+        return False
+    return True
+
+
 def save_png_atomic(image: Image.Image, path: str | os.PathLike[str]) -> Path:
     """Save ``image`` as a PNG at ``path`` atomically (never overwriting) and return the path."""
     path = Path(path)

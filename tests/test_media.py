@@ -379,3 +379,14 @@ def test_encoder_failures_become_sentences(returncode: int, stderr: str, expecte
     message = str(media._ffmpeg_failure(returncode, stderr))
     assert expected in message
     assert message.startswith("The video could not be") and message.endswith(".")
+
+
+def test_cache_files_are_replaced_atomically_and_never_raise(tmp_path):
+    from studio.media import write_cache_json
+
+    path = tmp_path / "cache" / "index.json"
+    assert write_cache_json(path, {"a": 1}) and json.loads(path.read_text()) == {"a": 1}
+    assert write_cache_json(path, {"a": 2}) and json.loads(path.read_text()) == {"a": 2}
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    assert write_cache_json(tmp_path / "blocker" / "index.json", {"a": 3}) is False
+    assert sorted(p.name for p in path.parent.iterdir()) == ["index.json"]  # no temporary files left

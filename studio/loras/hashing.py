@@ -13,9 +13,10 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
+
+from studio.media import write_cache_json
 
 CACHE_FILE_NAME = "sha256-cache.json"
 CACHE_VERSION = 1
@@ -85,18 +86,7 @@ class Sha256Cache:
             self._write({"version": CACHE_VERSION, "entries": entries})
 
     def _write(self, data: dict) -> None:
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".sha256-", suffix=".tmp", dir=self.folder)
-        except OSError:
-            return  # a cache that cannot be written is only slower
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f)
-            os.replace(tmp, self.file)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        write_cache_json(self.file, data)
 
 
 def file_sha256(path: str | Path, *, cache_dir: str | Path | None = None) -> str:

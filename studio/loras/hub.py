@@ -78,6 +78,7 @@ from studio.loras.hub_header import RemoteName
 from studio.loras.inspect import Expert, LoraInfo, inspect_lora
 from studio.loras.library import LibraryItem, _File, _group_files
 from studio.loras.safetensors_io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
+from studio.media import write_cache_json
 from studio.stack import LoraSource, Stack, StackEntry
 
 log = logging.getLogger(__name__)
@@ -472,20 +473,8 @@ def _record_download(cache_dir: Path, entry: dict) -> None:
         ]
         entries.append(entry)
         data = {"version": REGISTRY_VERSION, "files": entries}
-        folder = Path(cache_dir)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".hub-downloads-", suffix=".tmp", dir=folder)
-        except OSError as exc:
-            log.warning("cannot record the download of %s/%s: %s", entry["repo"], entry["file"], exc.strerror)
-            return
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1)
-            os.replace(tmp, registry_path(folder))
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        if not write_cache_json(registry_path(Path(cache_dir)), data):
+            log.warning("cannot record the download of %s/%s", entry["repo"], entry["file"])
 
 
 def downloaded(cache_dir: Path) -> list[tuple[LoraSource, Path]]:

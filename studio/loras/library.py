@@ -46,7 +46,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -67,6 +66,7 @@ from studio.loras.inspect import (
     pair_candidates,
 )
 from studio.loras.sources import list_lora_files
+from studio.media import write_cache_json
 from studio.stack import LoraSource, StackEntry
 
 INDEX_FILE_NAME = "lora-library-index.json"
@@ -499,18 +499,7 @@ class LoraLibrary:
             while len(entries) > MAX_INDEX_ENTRIES:
                 entries.pop(next(iter(entries)))
             data = {"version": INDEX_VERSION, "schema": _schema_fingerprint(), "entries": entries}
-            try:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=".lora-index-", suffix=".tmp", dir=self.cache_dir)
-            except OSError:
-                return  # an index that cannot be written only makes the next scan slower
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(data, f)
-                os.replace(tmp, self.index_file)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            write_cache_json(self.index_file, data)
 
     def _known_sha256(self) -> dict[str, dict]:
         # The sha256 cache is read once per scan (Sha256Cache.get would read it once per file).
