@@ -1,6 +1,6 @@
 """The benchmark subjects, built in code with random weights (nothing is downloaded).
 
-- ``demo``: the studio's offline demo pipeline (:mod:`studio.demo_model`).
+- ``demo``: the studio's offline demo pipeline (:mod:`studio.models.demo`).
 - ``block-true``: a Wan2.2 I2V pipeline whose two experts have the exact Wan2.2 A14B
   block shape (dim 5120, 40 heads × 128, ffn 13824, in_channels 36) but only
   ``BLOCK_TRUE_LAYERS`` layers, so it fits a CPU run (about 1.9 GB per layer per expert
@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from studio.demo_model import TRANSFORMER_CONFIG as DEMO_TRANSFORMER_CONFIG
 from studio.loras.synthetic import WAN_1_3B_CONFIG, WAN_14B_CONFIG, make_lora_tensors, write_lora
+from studio.models.demo import TRANSFORMER_CONFIG as DEMO_TRANSFORMER_CONFIG
 
 SUBJECTS_VERSION = 1
 TEXT_DIM = DEMO_TRANSFORMER_CONFIG["text_dim"]  # the demo text encoder's d_model
@@ -140,7 +140,7 @@ def build_pipeline_folder(subject: Subject) -> Path:
         return folder
     from diffusers import WanImageToVideoPipeline
 
-    from studio.demo_model import build_demo_pipeline
+    from studio.models.demo import build_demo_pipeline
 
     demo = build_demo_pipeline()
     transformers = [random_transformer(subject.config, seed=i) for i in range(subject.experts)]

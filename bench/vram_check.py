@@ -3,7 +3,7 @@
 Builds the real-shape expert (40 layers, random bf16 weights) on the GPU, runs one denoising
 forward at the requested size, and compares ``torch.cuda.max_memory_allocated`` with the
 estimator's figure for the same thing: the expert's weights + one forward's activations +
-latents, as :func:`studio.engine.vram.estimate` breaks them down for the high-noise phase
+latents, as :func:`studio.vram.estimate` breaks them down for the high-noise phase
 (mode ``gpu`` so nothing is offloaded mid-forward). Target: measured/estimated within ±10%.
 
 Needs CUDA and about 40 GB free: ``python -m bench.vram_check`` (exits with code 2 elsewhere).
@@ -31,8 +31,8 @@ def main() -> None:
     common.setup()
     from dataclasses import replace
 
-    from studio.engine.model_shapes import shapes_for
-    from studio.engine.vram import estimate
+    from studio.models.shapes import shapes_for
+    from studio.vram.estimate import estimate
 
     layers, frames, height, width = gpu_subject()
     config = dict(WAN22_A14B_CONFIG, num_layers=layers)

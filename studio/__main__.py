@@ -1,5 +1,5 @@
-"""`python -m studio ...`: see studio.cli."""
+"""`python -m studio ...`: see studio.cli.main."""
 
-from studio.cli import main
+from studio.cli.main import main
 
 raise SystemExit(main())

@@ -15,19 +15,19 @@ from typing import Any
 
 from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, StepEvent
 from studio.engine.memory import MemoryConfig, effective_mode
-from studio.engine.vram import Estimate, LoraLoad
-from studio.engine.vram import estimate as estimate_vram
+from studio.engine.stack import RenderSettings, Stack, StackEntry
+from studio.engine.zerogpu import gpu_seconds, on_gpu
 from studio.errors import LoraFileError, OutOfMemory
+from studio.hub.client import HubClient
 from studio.loras.compat import Compat, check_compat
-from studio.loras.hub import HubClient
 from studio.loras.inspect import inspect_lora
 from studio.loras.library import LibraryItem, LoraLibrary
 from studio.loras.sources import FileIdentity, resolve_source
-from studio.models import REGISTRY, ModelSpec, cuda_available, local_weights, resolve_model
-from studio.outputs import SavedRender, save_render
+from studio.models.registry import REGISTRY, ModelSpec, cuda_available, local_weights, resolve_model
+from studio.outputs.render_files import SavedRender, save_render
 from studio.settings import Settings
-from studio.stack import RenderSettings, Stack, StackEntry
-from studio.zerogpu import gpu_seconds, on_gpu
+from studio.vram.estimate import estimate as estimate_vram
+from studio.vram.types import Estimate, LoraLoad
 
 
 def _render(manager: PipelineManager, request: RenderRequest, progress, cancel: CancelToken):

@@ -30,7 +30,7 @@ class Settings:
     outputs_dir: Path = Path("outputs")
     cache_dir: Path = Path(".studio-cache")
     presets_dir: Path = Path("user_presets")  # the user's own presets (shipped ones live in ./presets)
-    model: str | None = None  # None: pick the default (see studio.models.default_model_name)
+    model: str | None = None  # None: pick the default (see studio.models.registry.default_model_name)
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod

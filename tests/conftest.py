@@ -30,7 +30,7 @@ def studio_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_model_dir(studio_cache) -> Path:
-    from studio.demo_model import ensure_demo_model
+    from studio.models.demo import ensure_demo_model
 
     return ensure_demo_model(studio_cache)
 

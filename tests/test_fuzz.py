@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from studio.errors import StudioError
 from studio.loras.inspect import inspect_lora
 from studio.loras.safetensors_io import load_state_dict, read_header
-from studio.presets import parse_preset
+from studio.workflows.presets.schema import parse_preset
 
 FUZZ_CASES = 300
 FUZZ = settings(

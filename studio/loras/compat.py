@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from studio.engine.model_shapes import A14B_TRANSFORMER, TI2V_5B_TRANSFORMER
 from studio.loras.inspect import LoraInfo
 from studio.loras.keys import describe_dim, model_name_for_dim
+from studio.models.shapes import A14B_TRANSFORMER, TI2V_5B_TRANSFORMER
 
 Level = Literal["compatible", "partial", "incompatible"]
 
@@ -41,7 +41,7 @@ WAN22_TI2V_5B_TRANSFORMER_CONFIG: dict[str, Any] = {
     **TI2V_5B_TRANSFORMER,
     "pos_embed_seq_len": None,
 }
-# Registry name (studio.models.REGISTRY) -> transformer config, for models whose weights are absent.
+# Registry name (studio.models.registry.REGISTRY) -> transformer config, for models whose weights are absent.
 KNOWN_TRANSFORMER_CONFIGS: dict[str, dict[str, Any]] = {
     "wan2.2-i2v-a14b": WAN22_I2V_A14B_TRANSFORMER_CONFIG,
     "wan2.2-ti2v-5b": WAN22_TI2V_5B_TRANSFORMER_CONFIG,
@@ -100,7 +100,7 @@ def model_dim_of_config(config: Mapping[str, Any]) -> int | None:
 def known_transformer_config(model_name: str) -> dict[str, Any] | None:
     """The transformer config of a registry model (``demo`` included), or ``None``."""
     if model_name == "demo":
-        from studio.demo_model import TRANSFORMER_CONFIG
+        from studio.models.demo import TRANSFORMER_CONFIG
 
         return dict(TRANSFORMER_CONFIG)
     config = KNOWN_TRANSFORMER_CONFIGS.get(model_name)

@@ -55,6 +55,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
+from studio.engine.stack import LoraSource, StackEntry
 from studio.errors import LoraFileError, StudioError
 from studio.loras.hashing import Sha256Cache, file_sha256
 from studio.loras.inspect import (
@@ -66,8 +67,7 @@ from studio.loras.inspect import (
     pair_candidates,
 )
 from studio.loras.sources import list_lora_files
-from studio.media import write_cache_json
-from studio.stack import LoraSource, StackEntry
+from studio.outputs.files import write_cache_json
 
 INDEX_FILE_NAME = "lora-library-index.json"
 INDEX_VERSION = 1

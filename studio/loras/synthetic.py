@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from studio.engine.model_shapes import A14B_TRANSFORMER, TI2V_5B_TRANSFORMER
+from studio.models.shapes import A14B_TRANSFORMER, TI2V_5B_TRANSFORMER
 
 # diffusers module name (inside a block) -> original/ComfyUI module name
 ATTN_MODULES = {

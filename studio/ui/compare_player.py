@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
-from studio.compare import DiffRow
+from studio.workflows.compare import DiffRow
 
 SCRIPT_PATH = Path(__file__).resolve().parents[2] / "assets" / "compare.js"
 FILE_ROUTE = "gradio_api/file="

@@ -17,17 +17,23 @@ from typing import Any
 
 import gradio as gr
 
-from studio.compare import MAX_PANELS, comparison_requests, comparison_view, run_comparison, side_by_side
+from studio.engine.stack import Stack
 from studio.errors import RenderCancelled, StudioError
-from studio.history import History, HistoryEntry
-from studio.images import load_start_image
-from studio.media import unique_stem
+from studio.outputs.files import unique_stem
+from studio.outputs.images import load_start_image
 from studio.service import Studio
-from studio.stack import Stack
 from studio.ui import handlers as h
 from studio.ui.compare_player import diff_html, message_html, player_html
 from studio.ui.history_tab import opened_tab, resolve_render
 from studio.ui.refs import EditorRefs
+from studio.workflows.compare import (
+    MAX_PANELS,
+    comparison_requests,
+    comparison_view,
+    run_comparison,
+    side_by_side,
+)
+from studio.workflows.history import History, HistoryEntry
 
 GPU_QUEUE = "gpu"  # = studio.ui.layout.GPU_QUEUE: one model, one render at a time
 MAX_CHOSEN = 4  # renders chosen by hand; one-click comparisons may show up to MAX_PANELS

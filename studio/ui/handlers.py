@@ -1,7 +1,7 @@
 """Thin event handlers: widget values in, typed requests to the studio service, widget values out.
 
 No model state lives here. Each browser session's stack is a plain dict in ``gr.State``
-(the JSON form of :class:`~studio.stack.Stack`); every handler validates it back into
+(the JSON form of :class:`~studio.engine.stack.Stack`); every handler validates it back into
 the typed model before use, and errors become a sentence in the status line.
 """
 
@@ -15,11 +15,12 @@ from typing import Any
 import gradio as gr
 
 from studio.engine.memory import MemoryConfig
+from studio.engine.stack import RenderSettings, Stack, build
 from studio.errors import RenderCancelled, StudioError
-from studio.images import load_start_image
+from studio.outputs.images import load_start_image
 from studio.service import Studio
-from studio.stack import RenderSettings, Stack, build
 from studio.ui.library_view import choice_label, details_html, trigger_words
+from studio.vram.nvml import card_bytes
 
 SLIDER_MIN, SLIDER_MAX = -2.0, 4.0
 
@@ -189,8 +190,6 @@ def render_guard(
     studio: Studio, settings: RenderSettings, stack: Stack, fuse: bool, memory: MemoryChoice
 ) -> None:
     """Refuse a render whose estimate exceeds the card by a clear margin, unless forced."""
-    from studio.ui.vram_panel import card_bytes
-
     card, card_text = card_bytes(memory.card)
     if not memory.force and card is not None:
         studio.check_fits(settings, stack, memory.config(), card, card_text, fuse=fuse)

@@ -16,10 +16,10 @@ from typing import Any
 import gradio as gr
 
 from studio.errors import StudioError
-from studio.history import History, HistoryEntry, Restored
 from studio.service import Studio
 from studio.ui import handlers as h
 from studio.ui.refs import EditorRefs
+from studio.workflows.history import History, HistoryEntry, Restored
 
 GALLERY_LIMIT = 200  # newest renders shown
 MAX_DROP_BYTES = 50 * 1024 * 1024  # = launch's MAX_UPLOAD; a sidecar is checked against 2 MB by History

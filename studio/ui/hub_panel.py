@@ -12,7 +12,7 @@ import html
 import gradio as gr
 
 from studio.errors import StudioError
-from studio.loras.hub import RepoFiles, RepoSummary
+from studio.hub.common import RepoFiles, RepoSummary
 from studio.service import Studio
 from studio.ui import handlers as h
 from studio.ui.library_view import BADGE_TEXT, _size_text

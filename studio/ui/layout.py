@@ -277,7 +277,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         )
 
         def download(name, progress=gr.Progress()):
-            from studio.models import download_model, resolve_model
+            from studio.models.registry import download_model, resolve_model
 
             try:
                 path = download_model(
@@ -295,7 +295,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
 
 def _is_hub_model(name: str) -> bool:
-    from studio.models import REGISTRY
+    from studio.models.registry import REGISTRY
 
     return name in REGISTRY and REGISTRY[name].repo_id is not None
 

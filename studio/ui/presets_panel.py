@@ -1,6 +1,6 @@
 """The presets panel (save, load, rename, duplicate, delete, import, export), open slots and the recipe banner.
 
-Each handler is one call into :class:`studio.presets.PresetStore` or :mod:`studio.recipes`;
+Each handler is one call into :class:`studio.workflows.presets.PresetStore` or :mod:`studio.loras.recipes`;
 the session's open slots live in ``gr.State`` as plain dicts.
 """
 
@@ -13,13 +13,14 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.engine.stack import RenderSettings
 from studio.errors import StudioError
-from studio.presets import PresetExists, PresetStore, Slot
-from studio.recipes import check_settings, recipe_for
+from studio.loras.recipes import check_settings, recipe_for
 from studio.service import Studio
-from studio.stack import RenderSettings
 from studio.ui import handlers as h
 from studio.ui.refs import EditorRefs
+from studio.workflows.presets.schema import PresetExists, Slot
+from studio.workflows.presets.store import PresetStore
 
 PRIVATE = {"api_visibility": "private"}
 

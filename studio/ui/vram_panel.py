@@ -12,14 +12,14 @@ import html
 import gradio as gr
 
 from studio.engine.memory import MODES, MemoryConfig
-from studio.engine.nvml import gpu_status
-from studio.engine.vram import Estimate, suggest
 from studio.errors import StudioError
 from studio.service import Studio
 from studio.ui import handlers as h
 from studio.ui.refs import EditorRefs
+from studio.vram.nvml import GIB, card_bytes, gpu_status
+from studio.vram.suggest import suggest
+from studio.vram.types import Estimate
 
-GIB = 1024**3
 CARD_CHOICES = [
     ("detected GPU", "detected"),
     ("16 GB", "16"),
@@ -48,17 +48,6 @@ def _group(key: str) -> tuple[str, str]:
         if key.startswith(prefix):
             return label, colour
     return "Other", "#cccccc"
-
-
-def card_bytes(choice: str | None) -> tuple[int | None, str]:
-    """The card to plan for (bytes) and a line describing it (detected via NVML or chosen)."""
-    status = gpu_status()
-    if choice and choice != "detected":
-        return int(float(choice) * GIB), f"planning for a {choice} GB card"
-    if status.gpus:
-        gpu = status.gpus[0]
-        return gpu.total_bytes, f"{gpu.name}, {gpu.total_bytes / GIB:.0f} GB"
-    return None, "no NVIDIA GPU detected: choose a card size to plan for"
 
 
 def gpu_line() -> str:

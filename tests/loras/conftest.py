@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from studio.demo_model import TRANSFORMER_CONFIG, build_demo_pipeline
 from studio.loras.synthetic import ALL_MODULES, IMAGE_ATTN_MODULES, TOP_MODULES
+from studio.models.demo import TRANSFORMER_CONFIG, build_demo_pipeline
 
 
 @pytest.fixture(scope="module")

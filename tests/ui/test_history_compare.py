@@ -15,16 +15,16 @@ import pytest
 from pagekit import ENTRY, choose
 from playwright.sync_api import expect
 
-from studio.compare import DiffRow
+from studio.engine.stack import RenderSettings, Stack, StackEntry
 from studio.errors import StudioError
-from studio.history import Restored
-from studio.media import probe_video
+from studio.outputs.probe import probe_video
 from studio.service import Studio
 from studio.settings import Settings
-from studio.stack import RenderSettings, Stack, StackEntry
 from studio.ui.compare_player import diff_html, file_url, head_html, message_html, player_html
 from studio.ui.compare_tab import panel_labels, stack_entry_choices, sweep_values
 from studio.ui.history_tab import MAX_DROP_BYTES, check_drop, opened_tab, resolve_render, restore_message
+from studio.workflows.compare import DiffRow
+from studio.workflows.history import Restored
 
 SMALL = (("#width input", "32"), ("#height input", "32"), ("#frames input", "5"), ("#steps input", "2"))
 

@@ -7,8 +7,8 @@ from pagekit import ENTRY, choose
 from playwright.sync_api import expect
 from safetensors.torch import save
 
-from studio.demo_model import TRANSFORMER_CONFIG
 from studio.loras.synthetic import WAN_14B_CONFIG, make_lora_tensors
+from studio.models.demo import TRANSFORMER_CONFIG
 from studio.service import Studio
 from studio.settings import Settings
 

@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from studio.media import write_video
+from studio.outputs.video import write_video
 from studio.service import Studio
 from studio.settings import Settings
 from studio.ui.launch import MAX_UPLOAD, default_host

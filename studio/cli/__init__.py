@@ -1,0 +1,1 @@
+"""The command line, ``python -m studio COMMAND``: one parser (:mod:`studio.cli.main`), one module per command."""

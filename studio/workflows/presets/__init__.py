@@ -1,0 +1,1 @@
+"""Presets: named LoRA stacks with optional settings (schema, paths, import formats, the store)."""

@@ -1,0 +1,178 @@
+"""Other formats that become presets: the guide's list of LoRA dicts and a render record (sidecar)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from studio.engine.stack import (
+    RenderSettings,
+    Stack,
+    StrictModel,
+    parse_model,
+)
+from studio.errors import ValidationError
+from studio.loras.sources import inside_roots
+from studio.workflows.presets.paths import _relative_to_roots, relative_source
+from studio.workflows.presets.schema import (
+    GUIDE_EXPERTS,
+    RENDER_RECORD_KIND,
+    Preset,
+    PresetSettings,
+    check_weight,
+    jsonable,
+    parse_preset,
+)
+
+# ----------------------------------------------------------------------------- imports
+
+
+class GuideLora(StrictModel):
+    """One item of the guide's list form: ``{"path", "name", "weight", "applies_to"}``."""
+
+    path: str = Field(min_length=1, max_length=4096)
+    name: str | None = Field(default=None, max_length=200)
+    weight: float = 1.0
+    applies_to: Literal["high_noise", "low_noise", "both"] = "both"
+
+    @field_validator("weight")
+    @classmethod
+    def _sane_weight(cls, value: float) -> float:
+        return check_weight(value)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    preset: Preset
+    format: Literal["preset", "guide-list", "render-record"]
+    notes: list[str] = field(default_factory=list)
+
+
+def _guide_path(text: str, roots: Sequence[Path], loc: str, notes: list[str]) -> str:
+    """A guide path → a path relative to a LoRA folder (see :func:`preset_from_data`)."""
+    text = text.strip()
+    if "\x00" in text:
+        raise ValidationError(f"Invalid LoRA list: {loc}: the path contains a NUL character.")
+    given = Path(text).expanduser()
+    if given.is_absolute():
+        if roots and inside_roots(given, roots):
+            relative = _relative_to_roots(given, roots)
+            if relative is not None:
+                return relative
+        notes.append(
+            f"{text} is outside the LoRA folders; the preset looks for {given.name} in the LoRA folders instead."
+        )
+        return given.name
+    if ".." in PurePosixPath(text.replace("\\", "/")).parts:
+        raise ValidationError(
+            f"Invalid LoRA list: {loc}: {text!r} goes up with '..'; a preset's paths must stay inside the LoRA folders."
+        )
+    text = text.replace("\\", "/")
+    if roots and not any((Path(r) / text).exists() for r in roots):
+        name = PurePosixPath(text).name
+        if name != text and any((Path(r) / name).exists() for r in roots):
+            notes.append(
+                f"{text} was not found in the LoRA folders, but {name} was; the preset uses that file."
+            )
+            return name
+    return text
+
+
+def _from_guide_list(items: list[Any], *, roots: Sequence[Path], name: str) -> ImportResult:
+    notes: list[str] = []
+    entries = []
+    if not items:
+        raise ValidationError("The LoRA list is empty; there is nothing to import.")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValidationError(
+                f"Invalid LoRA list: [{i}]: each item must be an object with path, name, weight and applies_to."
+            )
+        lora = parse_model(GuideLora, item, f"LoRA list item [{i}]")
+        path = _guide_path(lora.path, roots, f"[{i}].path", notes)
+        experts = GUIDE_EXPERTS[lora.applies_to]
+        entry: dict[str, Any] = {
+            "id": f"lora{i + 1}",
+            "name": lora.name or PurePosixPath(path).stem,
+            "weight_high": lora.weight if "high" in experts else 0.0,
+            "weight_low": lora.weight if "low" in experts else 0.0,
+        }
+        for expert in experts:
+            entry[expert] = {"path": path}
+        entries.append(entry)
+    data = {"name": name, "description": "Imported from a LoRA list.", "entries": entries}
+    return ImportResult(parse_preset(data, roots=roots, what="imported LoRA list"), "guide-list", notes)
+
+
+def _from_record(record: dict[str, Any], *, roots: Sequence[Path], name: str) -> ImportResult:
+    """A render's sidecar → a preset with its stack and its recipe settings."""
+    notes: list[str] = []
+    stack = parse_model(Stack, record.get("stack") or {}, "render's stack")
+    settings = parse_model(RenderSettings, record.get("settings") or {}, "render's settings")
+    entries = []
+    for i, entry in enumerate(stack.entries):
+        data = entry.model_dump(mode="json")
+        for expert in ("high", "low"):
+            source = getattr(entry, expert)
+            if source is None or source.is_hub:
+                continue
+            try:
+                data[expert] = relative_source(source, roots, f"entries.{i}.{expert}.path").model_dump()
+            except ValidationError:
+                given = Path(str(source.path))
+                notes.append(
+                    f"{given} is outside the LoRA folders; the preset looks for {given.name} there instead."
+                )
+                data[expert] = {**source.model_dump(), "path": given.name}
+        entries.append(data)
+    model = (record.get("model") or {}).get("name") if isinstance(record.get("model"), dict) else None
+    data = {
+        "name": name,
+        "description": f"From the render of {record.get('created', 'an earlier date')}.",
+        "model": model,
+        "entries": entries,
+        "settings": PresetSettings.from_render_settings(
+            settings, ("width", "height", "frames", "steps", "guidance", "guidance_low", "shift", "fps")
+        ).values_set(),
+    }
+    return ImportResult(
+        parse_preset(jsonable(data), roots=roots, what="render's preset"), "render-record", notes
+    )
+
+
+def preset_from_data(
+    data: Any, *, roots: Sequence[Path] = (), default_name: str = "Imported preset", name: str | None = None
+) -> ImportResult:
+    """Anything the studio imports as a preset, validated fully.
+
+    - our schema (an object with ``name`` and ``entries``; version 1 files are converted);
+    - the guide's list form, a JSON list of ``{"path", "name", "weight", "applies_to"}``
+      (``applies_to`` ``"high_noise"``, ``"low_noise"`` or ``"both"``), also wrapped as
+      ``{"loras": [...]}``. An absolute path inside a LoRA folder is made relative; one
+      outside them is replaced by its file name (looked up in the LoRA folders; a note says so);
+    - a render's sidecar (``kind: wan-lora-studio/render``): its stack and settings.
+
+    ``name`` overrides the preset's name (for a list, the default is ``default_name``).
+    """
+    if isinstance(data, list):
+        return _from_guide_list(data, roots=roots, name=name or default_name)
+    if isinstance(data, dict):
+        if data.get("kind") == RENDER_RECORD_KIND:
+            return _from_record(data, roots=roots, name=name or default_name)
+        if "loras" in data and "entries" not in data and "stack" not in data:
+            if not isinstance(data["loras"], list):
+                raise ValidationError("Invalid LoRA list: loras: must be a list of LoRAs.")
+            list_name = (
+                name or (data.get("name") if isinstance(data.get("name"), str) else None) or default_name
+            )
+            return _from_guide_list(data["loras"], roots=roots, name=list_name)
+        if name is not None:
+            data = {**data, "name": name}
+        return ImportResult(parse_preset(data, roots=roots), "preset")
+    raise ValidationError(
+        "The file is neither a preset (a JSON object with name and entries) nor a LoRA list (a JSON list)."
+    )
