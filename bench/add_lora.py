@@ -46,8 +46,8 @@ def read_bytes(path) -> None:
 
 def run(ctx: Context) -> tuple[str, dict[str, float]]:
     from studio.engine import lora_ops
-    from studio.engine.stack import Stack
     from studio.loras.match import prepare_lora
+    from studio.stack.schema import Stack
 
     mgr = ctx.manager(WAN13)
     pipe, model = mgr.pipe, mgr.pipe.transformer

@@ -64,7 +64,7 @@ class Context:
         return [lora_file(subject, rank, seed=first_seed + i) for i in range(n)]
 
     def stack(self, paths, weights):
-        from studio.engine.stack import Stack, StackEntry
+        from studio.stack.schema import Stack, StackEntry
 
         return Stack(
             entries=[

@@ -54,8 +54,8 @@ def _rss_after_gc() -> int:
 
 def run(ctx: Context) -> tuple[str, dict[str, float]]:
     from studio.engine import lora_ops
-    from studio.engine.stack import Stack
     from studio.loras.match import prepare_lora
+    from studio.stack.schema import Stack
 
     mgr = ctx.manager(WAN13)
     model = mgr.pipe.transformer

@@ -15,7 +15,6 @@ from typing import Any
 
 from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, StepEvent
 from studio.engine.memory import MemoryConfig, effective_mode
-from studio.engine.stack import RenderSettings, Stack, StackEntry
 from studio.engine.zerogpu import gpu_seconds, on_gpu
 from studio.errors import LoraFileError, OutOfMemory
 from studio.hub.client import HubClient
@@ -26,6 +25,7 @@ from studio.loras.sources import FileIdentity, resolve_source
 from studio.models.registry import REGISTRY, ModelSpec, cuda_available, local_weights, resolve_model
 from studio.outputs.render_files import SavedRender, save_render
 from studio.settings import Settings
+from studio.stack.schema import RenderSettings, Stack, StackEntry
 from studio.vram.estimate import estimate as estimate_vram
 from studio.vram.types import Estimate, LoraLoad
 

@@ -65,6 +65,23 @@ def test_no_import_cycles_inside_studio():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def test_packages_depend_one_way():
+    """Between the packages of studio/ (engine, loras, hub, ...) the imports form no circle either."""
+    modules = _modules()
+
+    def package(name: str) -> str:
+        parts = name.split(".")
+        return ".".join(parts[:2])
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        own = package(name)
+        graph.setdefault(own, set())
+        graph[own] |= {package(m) for m in _imports(path, modules)} - {own, "studio"}
+    cycle = _cycle(graph)
+    assert cycle is None, "packages import each other in a circle: " + " -> ".join(cycle)
+
+
 def test_no_module_over_600_lines():
     long = {
         str(p.relative_to(STUDIO.parent)): n

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from studio.engine.stack import RenderSettings, Stack
 from studio.errors import RenderCancelled
 from studio.service import Studio
+from studio.stack.schema import RenderSettings, Stack
 
 FAST = RenderSettings(prompt="x", width=32, height=32, frames=5, steps=200, seed=1)
 
@@ -104,7 +104,7 @@ def test_a_render_that_would_not_fit_the_card_is_refused_with_advice(studio):
 
 def test_estimates_count_the_stack_and_can_plan_for_another_model(studio, make_lora):
     from studio.engine.memory import MemoryConfig
-    from studio.engine.stack import StackEntry
+    from studio.stack.schema import StackEntry
 
     settings = RenderSettings(width=832, height=480, frames=81, guidance=3.5)
     plain = studio.estimate(settings, Stack(), MemoryConfig(), model_name="wan2.2-i2v-a14b")

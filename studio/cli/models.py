@@ -24,7 +24,8 @@ def cmd_demo_model(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from studio.models.registry import download_model, resolve_model
+    from studio.hub.models import download_model
+    from studio.models.registry import resolve_model
 
     spec = resolve_model(args.model)
 

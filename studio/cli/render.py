@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
 
 
 def _settings_for(args, spec, preset):
-    from studio.engine.stack import RenderSettings, build
+    from studio.stack.schema import RenderSettings, build
 
     values = spec.defaults.settings_values()
     if preset is not None:
@@ -64,7 +64,7 @@ def _settings_for(args, spec, preset):
 
 
 def _stack_for(args, preset):
-    from studio.engine.stack import Stack, StackEntry
+    from studio.stack.schema import Stack, StackEntry
 
     entries = list(preset.stack.entries) if preset is not None else []
     for text in args.lora:
@@ -79,7 +79,7 @@ def _stack_for(args, preset):
 
 def cmd_render(args) -> int:
     from studio.engine.manager import CancelToken, PipelineManager, RenderRequest
-    from studio.outputs.images import load_start_image
+    from studio.media.images import load_start_image
     from studio.outputs.render_files import save_render
     from studio.service import Studio
     from studio.settings import Settings

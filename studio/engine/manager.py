@@ -3,7 +3,7 @@
 Everything that touches the model goes through here, under one lock:
 
 - ``load_model`` loads a pipeline (switching models unloads the old one first);
-- ``apply_stack`` makes the loaded LoRA adapters match a :class:`~studio.engine.stack.Stack`
+- ``apply_stack`` makes the loaded LoRA adapters match a :class:`~studio.stack.schema.Stack`
   as a *diff*: a changed weight only sets adapter scales, a new file is read once and
   loaded only into the expert(s) it applies to, a removed one is deleted, and the base
   model is never reloaded;
@@ -35,12 +35,12 @@ from studio.engine.memory import (
     set_vae_tiling,
 )
 from studio.engine.plan import AdapterPlan, plan_stack
-from studio.engine.stack import RenderSettings, Stack
 from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
 from studio.loras.match import MatchReport, prepare_lora
 from studio.loras.sources import FileIdentity
 from studio.models.registry import ModelSpec, pipeline_source, resolve_model
 from studio.settings import Settings
+from studio.stack.schema import RenderSettings, Stack
 
 COMPONENT_OF = {"high": "transformer", "low": "transformer_2"}
 
@@ -70,7 +70,7 @@ class StepEvent:
 
 @dataclass(frozen=True)
 class RenderRequest:
-    image: Any  # a PIL image (already loaded and checked by studio.outputs.images)
+    image: Any  # a PIL image (already loaded and checked by studio.media.images)
     settings: RenderSettings
     stack: Stack = field(default_factory=Stack)
     fuse: bool = False  # fuse the LoRAs into the weights for the render (fastest per step)
@@ -443,7 +443,7 @@ class PipelineManager:
     ) -> RenderResult:
         import torch
 
-        from studio.outputs.images import fit_image
+        from studio.media.images import fit_image
 
         self._require_model()
         spec = self.spec

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from studio.engine.stack import Stack, StackEntry
 from studio.errors import LoraFileError
 from studio.loras.sources import FileIdentity, resolve_source
+from studio.stack.schema import Stack, StackEntry
 
 AdapterKey = tuple[str, str]  # (pipeline component, adapter name)
 

@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from studio.engine.stack import LoraSource, StackEntry
 from studio.errors import LoraFileError, StudioError, ValidationError
 from studio.loras.compat import Compat
 from studio.loras.inspect import Expert, LoraInfo
 from studio.loras.library import LibraryItem
 from studio.loras.safetensors_io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
+from studio.stack.schema import LoraSource, StackEntry
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from studio.engine.stack import LoraSource, Stack, StackEntry
 from studio.errors import StudioError, ValidationError
 from studio.hub.common import (
     SHA_RE,
@@ -38,6 +37,7 @@ from studio.hub.registry import (
     resolve,
 )
 from studio.loras.hashing import file_sha256
+from studio.stack.schema import LoraSource, Stack, StackEntry
 
 
 class DownloadMixin:

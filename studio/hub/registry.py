@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from studio.engine.stack import LoraSource, Stack, StackEntry
 from studio.errors import LoraFileError, StudioError, ValidationError
 from studio.hub.common import (
     REGISTRY_FILE_NAME,
@@ -24,7 +23,8 @@ from studio.hub.common import (
 )
 from studio.loras.inspect import LoraInfo, inspect_lora
 from studio.loras.library import _File, _group_files
-from studio.outputs.files import write_cache_json
+from studio.media.files import write_cache_json
+from studio.stack.schema import LoraSource, Stack, StackEntry
 
 # ---------------------------------------------------------------------------------------------------------------
 # The registry of downloads

@@ -16,7 +16,7 @@ import os
 import threading
 from pathlib import Path
 
-from studio.outputs.files import write_cache_json
+from studio.media.files import write_cache_json
 
 CACHE_FILE_NAME = "sha256-cache.json"
 CACHE_VERSION = 1

@@ -55,7 +55,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
-from studio.engine.stack import LoraSource, StackEntry
 from studio.errors import LoraFileError, StudioError
 from studio.loras.hashing import Sha256Cache, file_sha256
 from studio.loras.inspect import (
@@ -67,7 +66,8 @@ from studio.loras.inspect import (
     pair_candidates,
 )
 from studio.loras.sources import list_lora_files
-from studio.outputs.files import write_cache_json
+from studio.media.files import write_cache_json
+from studio.stack.schema import LoraSource, StackEntry
 
 INDEX_FILE_NAME = "lora-library-index.json"
 INDEX_VERSION = 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from studio.engine.stack import EXPERTS, LoraSource, RenderSettings, Stack, StackEntry
+from studio.stack.schema import EXPERTS, LoraSource, RenderSettings, Stack, StackEntry
 
 __all__ = [
     "SPEED_RECIPE",

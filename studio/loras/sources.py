@@ -1,4 +1,4 @@
-"""Turning a stack entry's :class:`~studio.engine.stack.LoraSource` into a file on disk.
+"""Turning a stack entry's :class:`~studio.stack.schema.LoraSource` into a file on disk.
 
 Local paths are resolved against the configured LoRA folders and must stay inside
 one of them (no ``..``, absolute paths or symlinks out of a root). Hub sources
@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio.engine.stack import Stack
 from studio.errors import LoraFileError
+from studio.stack.schema import Stack
 
 LORA_SUFFIX = ".safetensors"
 

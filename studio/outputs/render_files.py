@@ -18,9 +18,9 @@ from typing import Any
 from studio import __version__
 from studio.engine.manager import RenderRequest, RenderResult
 from studio.errors import OutputError
-from studio.outputs.files import save_png_atomic, unique_stem, write_json_atomic
-from studio.outputs.images import image_sha256
-from studio.outputs.video import write_video
+from studio.media.files import save_png_atomic, unique_stem, write_json_atomic
+from studio.media.images import image_sha256
+from studio.media.video import write_video
 
 RECORD_KIND = "wan-lora-studio/render"
 RECORD_VERSION = 1

@@ -17,11 +17,11 @@ from typing import Any
 
 import gradio as gr
 
-from studio.engine.stack import Stack
 from studio.errors import RenderCancelled, StudioError
-from studio.outputs.files import unique_stem
-from studio.outputs.images import load_start_image
+from studio.media.files import unique_stem
+from studio.media.images import load_start_image
 from studio.service import Studio
+from studio.stack.schema import Stack
 from studio.ui import handlers as h
 from studio.ui.compare_player import diff_html, message_html, player_html
 from studio.ui.history_tab import opened_tab, resolve_render

@@ -1,7 +1,7 @@
 """Thin event handlers: widget values in, typed requests to the studio service, widget values out.
 
 No model state lives here. Each browser session's stack is a plain dict in ``gr.State``
-(the JSON form of :class:`~studio.engine.stack.Stack`); every handler validates it back into
+(the JSON form of :class:`~studio.stack.schema.Stack`); every handler validates it back into
 the typed model before use, and errors become a sentence in the status line.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 import gradio as gr
 
 from studio.engine.memory import MemoryConfig
-from studio.engine.stack import RenderSettings, Stack, build
 from studio.errors import RenderCancelled, StudioError
-from studio.outputs.images import load_start_image
+from studio.media.images import load_start_image
 from studio.service import Studio
+from studio.stack.schema import RenderSettings, Stack, build
 from studio.ui.library_view import choice_label, details_html, trigger_words
 from studio.vram.nvml import card_bytes
 

@@ -277,7 +277,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         )
 
         def download(name, progress=gr.Progress()):
-            from studio.models.registry import download_model, resolve_model
+            from studio.hub.models import download_model
+            from studio.models.registry import resolve_model
 
             try:
                 path = download_model(

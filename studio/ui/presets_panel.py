@@ -13,10 +13,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.engine.stack import RenderSettings
 from studio.errors import StudioError
 from studio.loras.recipes import check_settings, recipe_for
 from studio.service import Studio
+from studio.stack.schema import RenderSettings
 from studio.ui import handlers as h
 from studio.ui.refs import EditorRefs
 from studio.workflows.presets.schema import PresetExists, Slot

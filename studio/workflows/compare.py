@@ -24,10 +24,10 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from studio.engine.stack import MAX_WEIGHT, MIN_WEIGHT, RenderSettings, Stack, StackEntry
 from studio.errors import ValidationError
-from studio.outputs.probe import probe_video, read_frames
-from studio.outputs.video import write_video
+from studio.media.probe import probe_video, read_frames
+from studio.media.video import write_video
+from studio.stack.schema import MAX_WEIGHT, MIN_WEIGHT, RenderSettings, Stack, StackEntry
 from studio.workflows.history import load_record
 
 __all__ = [

@@ -22,12 +22,12 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from studio.engine.stack import EXPERTS, LoraSource, RenderSettings, Stack, parse_model
 from studio.errors import LoraFileError, OutputError, StudioError, ValidationError
 from studio.loras.sources import list_lora_files, resolve_source
-from studio.outputs.files import save_png_atomic
-from studio.outputs.images import image_sha256, load_start_image
-from studio.outputs.probe import probe_video, read_video_metadata
+from studio.media.files import save_png_atomic
+from studio.media.images import image_sha256, load_start_image
+from studio.media.probe import probe_video, read_video_metadata
+from studio.stack.schema import EXPERTS, LoraSource, RenderSettings, Stack, parse_model
 
 __all__ = ["History", "HistoryEntry", "Restored", "extract_frame", "load_record"]
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from studio.cli.main import main
-from studio.outputs.probe import probe_video
-from studio.outputs.video import write_video
+from studio.media.probe import probe_video
+from studio.media.video import write_video
 from studio.workflows.presets.schema import load_preset
 
 ROOT = Path(__file__).resolve().parents[2]

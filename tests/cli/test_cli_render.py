@@ -12,7 +12,7 @@ import pytest
 
 from studio.cli.common import parse_lora_arg
 from studio.cli.main import main
-from studio.outputs.probe import probe_video, read_video_metadata
+from studio.media.probe import probe_video, read_video_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from studio.engine.stack import RenderSettings, Stack, StackEntry
 from studio.errors import LoraFileError, OutOfMemory
 from studio.service import Studio
+from studio.stack.schema import RenderSettings, Stack, StackEntry
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = RenderSettings(prompt="x", width=32, height=32, frames=5, steps=4, seed=1)
@@ -83,7 +83,7 @@ FULL_DISK_SCRIPT = textwrap.dedent(
     from studio.errors import OutputError
     from studio.service import Studio
     from studio.settings import Settings
-    from studio.engine.stack import RenderSettings, Stack
+    from studio.stack.schema import RenderSettings, Stack
 
     out = Path(sys.argv[1])
     studio = Studio(Settings(lora_dirs=(out,), outputs_dir=out / "outputs", cache_dir=Path(sys.argv[2]), model="demo"))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from studio.engine.manager import CancelToken, PipelineManager, RenderRequest
-from studio.engine.stack import LoraSource, RenderSettings, Stack, StackEntry
 from studio.errors import LoraFileError, RenderCancelled, ValidationError
+from studio.stack.schema import LoraSource, RenderSettings, Stack, StackEntry
 
 SETTINGS = RenderSettings(
     prompt="a cat walking",

@@ -7,8 +7,8 @@ import torch
 
 from studio.engine.manager import PipelineManager, RenderRequest
 from studio.engine.memory import MemoryConfig
-from studio.engine.stack import RenderSettings, Stack, StackEntry
 from studio.errors import ValidationError
+from studio.stack.schema import RenderSettings, Stack, StackEntry
 
 SETTINGS = RenderSettings(prompt="a cat", width=32, height=32, frames=5, steps=4, guidance=1.0, seed=5)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from studio.engine.stack import RenderSettings
 from studio.engine.zerogpu import MAX_S, MIN_S, gpu_seconds, on_gpu
+from studio.stack.schema import RenderSettings
 
 
 def test_duration_grows_with_frames_steps_and_cfg_within_bounds():

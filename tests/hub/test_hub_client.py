@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from fakehub import FakeHub, unused_loopback_url
 
-from studio.engine.stack import LoraSource, Stack, StackEntry
 from studio.errors import LoraFileError, StudioError, ValidationError
 from studio.hub import card as hub_card
 from studio.hub.client import HubClient
@@ -26,6 +25,7 @@ from studio.loras.compat import WAN22_I2V_A14B_TRANSFORMER_CONFIG
 from studio.loras.safetensors_io import read_header
 from studio.loras.synthetic import WAN_14B_CONFIG, make_lora_tensors, training_metadata, write_lora
 from studio.models.demo import TRANSFORMER_CONFIG
+from studio.stack.schema import LoraSource, Stack, StackEntry
 
 REPO = "alice/wan22-dance-lora"
 HIGH, LOW = "dance_high_noise.safetensors", "dance_low_noise.safetensors"

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from studio.engine.stack import Stack
 from studio.errors import LoraFileError
 from studio.loras.hashing import file_sha256
 from studio.loras.library import INDEX_FILE_NAME, LibraryItem, LoraLibrary
 from studio.loras.synthetic import training_metadata, write_layout, write_lora
+from studio.stack.schema import Stack
 
 
 def _write(folder: Path, name: str, config: dict, **kw) -> Path:

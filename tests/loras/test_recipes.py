@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from studio.engine.stack import LoraSource, RenderSettings, Stack, StackEntry
 from studio.loras.recipes import SPEED_RECIPE, check_settings, recipe_for, speed_loras
+from studio.stack.schema import LoraSource, RenderSettings, Stack, StackEntry
 from studio.workflows.presets.schema import SHIPPED_DIR
 from studio.workflows.presets.store import PresetStore
 

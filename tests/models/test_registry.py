@@ -79,7 +79,7 @@ def test_a_folder_that_is_not_a_pipeline_is_refused(tmp_path):
 
 
 def test_each_models_defaults_are_valid_render_settings():
-    from studio.engine.stack import RenderSettings
+    from studio.stack.schema import RenderSettings
 
     for spec in REGISTRY.values():
         settings = RenderSettings(**spec.defaults.settings_values())

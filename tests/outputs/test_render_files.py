@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from studio.engine.manager import RenderRequest, RenderResult
-from studio.engine.stack import RenderSettings, Stack, StackEntry
 from studio.errors import OutputError
-from studio.outputs.probe import probe_video, read_video_metadata
+from studio.media.probe import probe_video, read_video_metadata
 from studio.outputs.render_files import save_render
+from studio.stack.schema import RenderSettings, Stack, StackEntry
 
 
 @pytest.fixture()

@@ -9,10 +9,10 @@ import time
 import pytest
 from gradio_client import Client, handle_file
 
-from studio.engine.stack import Stack, StackEntry
-from studio.outputs.probe import probe_video
+from studio.media.probe import probe_video
 from studio.service import Studio
 from studio.settings import Settings
+from studio.stack.schema import Stack, StackEntry
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import threading
 import pytest
 from gradio_client import Client, handle_file
 
-from studio.engine.stack import Stack, StackEntry
 from studio.service import Studio
 from studio.settings import Settings
+from studio.stack.schema import Stack, StackEntry
 
 CLIENTS = 5
 

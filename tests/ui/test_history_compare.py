@@ -15,11 +15,11 @@ import pytest
 from pagekit import ENTRY, choose
 from playwright.sync_api import expect
 
-from studio.engine.stack import RenderSettings, Stack, StackEntry
 from studio.errors import StudioError
-from studio.outputs.probe import probe_video
+from studio.media.probe import probe_video
 from studio.service import Studio
 from studio.settings import Settings
+from studio.stack.schema import RenderSettings, Stack, StackEntry
 from studio.ui.compare_player import diff_html, file_url, head_html, message_html, player_html
 from studio.ui.compare_tab import panel_labels, stack_entry_choices, sweep_values
 from studio.ui.history_tab import MAX_DROP_BYTES, check_drop, opened_tab, resolve_render, restore_message

@@ -49,7 +49,7 @@ def add_style(page) -> None:
 def expected_peak(studio, mode: str) -> str:
     """The panel's figure for A14B at 832×480×81 with the demo's other defaults, from the estimator itself."""
     from studio.engine.memory import MemoryConfig
-    from studio.engine.stack import RenderSettings, Stack
+    from studio.stack.schema import RenderSettings, Stack
 
     settings = RenderSettings(
         **{**studio.spec.defaults.settings_values(), "width": 832, "height": 480, "frames": 81}

@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from studio.outputs.video import write_video
+from studio.media.video import write_video
 from studio.service import Studio
 from studio.settings import Settings
 from studio.ui.launch import MAX_UPLOAD, default_host

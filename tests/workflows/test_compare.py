@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from studio.engine.manager import PipelineManager, RenderRequest
-from studio.engine.stack import LoraSource, RenderSettings, Stack, StackEntry
 from studio.errors import ValidationError
-from studio.outputs.probe import probe_video, read_frames, read_video_metadata
-from studio.outputs.video import write_video
+from studio.media.probe import probe_video, read_frames, read_video_metadata
+from studio.media.video import write_video
 from studio.service import Studio
+from studio.stack.schema import LoraSource, RenderSettings, Stack, StackEntry
 from studio.workflows.compare import (
     comparison_requests,
     comparison_view,

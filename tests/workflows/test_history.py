@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from studio.engine.manager import RenderRequest, RenderResult
-from studio.engine.stack import LoraSource, RenderSettings, Stack, StackEntry
 from studio.errors import ValidationError
-from studio.outputs.images import image_sha256
+from studio.media.images import image_sha256
+from studio.media.video import write_video
 from studio.outputs.render_files import save_render
-from studio.outputs.video import write_video
+from studio.stack.schema import LoraSource, RenderSettings, Stack, StackEntry
 from studio.workflows.history import History, load_record
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from studio.engine.stack import LoraSource, RenderSettings, Stack, StackEntry
 from studio.errors import ValidationError
+from studio.stack.schema import LoraSource, RenderSettings, Stack, StackEntry
 from studio.workflows.presets.formats import preset_from_data
 from studio.workflows.presets.schema import (
     PRESET_KIND,

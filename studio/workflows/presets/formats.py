@@ -9,14 +9,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from studio.engine.stack import (
+from studio.errors import ValidationError
+from studio.loras.sources import inside_roots
+from studio.stack.schema import (
     RenderSettings,
     Stack,
     StrictModel,
     parse_model,
 )
-from studio.errors import ValidationError
-from studio.loras.sources import inside_roots
 from studio.workflows.presets.paths import _relative_to_roots, relative_source
 from studio.workflows.presets.schema import (
     GUIDE_EXPERTS,

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from studio.engine.stack import (
-    LoraSource,
-)
 from studio.errors import ValidationError
 from studio.loras.sources import inside_roots
+from studio.stack.schema import (
+    LoraSource,
+)
 
 
 def _lexical(path: Path) -> Path:

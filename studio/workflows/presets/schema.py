@@ -3,9 +3,9 @@ render settings, its migration from version 1, and reading one preset file.
 
 A preset names a model, an ordered list of *entries* and, optionally, the render settings it was made
 for. An entry is either a LoRA with a source per expert and a weight per expert (like
-:class:`~studio.engine.stack.StackEntry`), or an unfilled *slot*: a place for a LoRA the user chooses
+:class:`~studio.stack.schema.StackEntry`), or an unfilled *slot*: a place for a LoRA the user chooses
 (a style, a character, ...) with suggested weights and a hint. :meth:`Preset.to_stack` turns the
-filled entries into a :class:`~studio.engine.stack.Stack` and returns the slots separately, each with
+filled entries into a :class:`~studio.stack.schema.Stack` and returns the slots separately, each with
 the sentence "choose a LoRA for this slot". Only what a preset sets is applied; everything else keeps
 the model's defaults or the user's current values.
 """
@@ -24,7 +24,9 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from studio.engine.stack import (
+from studio.errors import ValidationError
+from studio.loras.sources import LORA_SUFFIX
+from studio.stack.schema import (
     MAX_WEIGHT,
     MIN_WEIGHT,
     LoraSource,
@@ -35,8 +37,6 @@ from studio.engine.stack import (
     json_object,
     parse_model,
 )
-from studio.errors import ValidationError
-from studio.loras.sources import LORA_SUFFIX
 from studio.workflows.presets.paths import check_links, relative_source, relativize_raw
 
 PRESET_KIND = "wan-lora-studio/preset"
@@ -113,7 +113,7 @@ def _check_relative(text: str, what: str) -> str:
 
 
 class PresetSource(LoraSource):
-    """A :class:`~studio.engine.stack.LoraSource` as a preset file may hold it (checked more strictly).
+    """A :class:`~studio.stack.schema.LoraSource` as a preset file may hold it (checked more strictly).
 
     ``path`` is relative to a LoRA folder (no ``..``, not absolute); a Hub source has a
     ``owner/name`` repo, a relative ``file`` and, when known, the file's lowercase hex ``sha256``.

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.engine.stack import (
+from studio.errors import OutputError, ValidationError
+from studio.loras.sources import inside_roots
+from studio.media.files import write_json_atomic
+from studio.stack.schema import (
     RenderSettings,
     Stack,
 )
-from studio.errors import OutputError, ValidationError
-from studio.loras.sources import inside_roots
-from studio.outputs.files import write_json_atomic
 from studio.workflows.presets.formats import ImportResult, preset_from_data
 from studio.workflows.presets.schema import (
     SHIPPED_DIR,

@@ -4,7 +4,7 @@ The content goes to a hidden temporary file in the target folder (``.<name>.part
 to disk, and is then published under its final name with a no-clobber hard link. A crash, a killed
 encoder or a full disk therefore never leaves a partial file under the final name, and the temporary
 file is always removed. All of that lives in one helper, :func:`atomic_output`, used by every writer
-(JSON, PNG, and the MP4 writer of :mod:`studio.outputs.video`).
+(JSON, PNG, and the MP4 writer of :mod:`studio.media.video`).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from studio.engine.stack import LoraSource, RenderSettings, Stack, StackEntry, build, parse_model
 from studio.errors import ValidationError
+from studio.stack.schema import LoraSource, RenderSettings, Stack, StackEntry, build, parse_model
 
 
 def test_stack_round_trips_through_json():

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from studio.errors import ValidationError
-from studio.outputs.video import ffmpeg_exe, ffmpeg_path_arg
+from studio.media.video import ffmpeg_exe, ffmpeg_path_arg
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""studio.outputs.images: every accepted input kind, every refusal, fit and fingerprint."""
+"""studio.media.images: every accepted input kind, every refusal, fit and fingerprint."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from studio.errors import ValidationError
-from studio.outputs.images import fit_image, image_sha256, load_start_image
+from studio.media.images import fit_image, image_sha256, load_start_image
 
 
 def quadrants(width: int = 64, height: int = 48) -> Image.Image:

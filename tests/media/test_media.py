@@ -1,4 +1,4 @@
-"""studio.outputs (files, video, probe): real ffmpeg, real files, real failures (no mocked encoder)."""
+"""studio.outputs.render_files (files, video, probe): real ffmpeg, real files, real failures (no mocked encoder)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from studio.errors import OutputError, RenderCancelled, ValidationError
-from studio.outputs import files as files_mod
-from studio.outputs import probe as probe_mod
-from studio.outputs import video as video_mod
+from studio.outputs.render_files import files as files_mod
+from studio.outputs.render_files import probe as probe_mod
+from studio.outputs.render_files import video as video_mod
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -236,8 +236,8 @@ _FULL_DISK_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np
-    from studio.outputs import files as files_mod
-    from studio.outputs import video as video_mod
+    from studio.outputs.render_files import files as files_mod
+    from studio.outputs.render_files import video as video_mod
     from studio.errors import OutputError
 
     folder = sys.argv[1]
@@ -389,7 +389,7 @@ def test_encoder_failures_become_sentences(returncode: int, stderr: str, expecte
 
 
 def test_cache_files_are_replaced_atomically_and_never_raise(tmp_path):
-    from studio.outputs.files import write_cache_json
+    from studio.media.files import write_cache_json
 
     path = tmp_path / "cache" / "index.json"
     assert write_cache_json(path, {"a": 1}) and json.loads(path.read_text()) == {"a": 1}

@@ -1,7 +1,7 @@
 """Writing videos: H.264 (``libx264``) ``yuv420p`` MP4s with ``+faststart`` (browser-playable),
 encoded by the ffmpeg binary that ``imageio-ffmpeg`` ships, published atomically. The render settings
 are embedded as compact JSON in the container's ``comment`` tag (read back by
-:func:`studio.outputs.probe.read_video_metadata`).
+:func:`studio.media.probe.read_video_metadata`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from studio.errors import OutputError, RenderCancelled, ValidationError
-from studio.outputs.files import atomic_output
+from studio.media.files import atomic_output
 
 # A single argv entry may be at most 128 KiB on Linux; the settings JSON is far smaller.
 _MAX_METADATA_BYTES = 64 * 1024
