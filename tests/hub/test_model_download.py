@@ -13,8 +13,8 @@ from fakehub import FakeHub, unused_loopback_url
 
 from studio.errors import ModelError
 from studio.hub.models import download_model, hub_download_size
+from studio.models import registry as models
 from studio.models.registry import REGISTRY, local_weights
-from studio.models.registry import registry as models
 from studio.settings import Settings
 
 A14B = REGISTRY["wan2.2-i2v-a14b"]

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from studio.errors import OutputError, RenderCancelled, ValidationError
-from studio.outputs.render_files import files as files_mod
-from studio.outputs.render_files import probe as probe_mod
-from studio.outputs.render_files import video as video_mod
+from studio.media import files as files_mod
+from studio.media import probe as probe_mod
+from studio.media import video as video_mod
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from studio.errors import ValidationError
-from studio.models.registry import shapes as model_shapes
+from studio.models import shapes as model_shapes
 from studio.models.shapes import A14B, A14B_TRANSFORMER, transformer_weights
 from studio.vram.activations import BlockShape, diffusers_forward
 from studio.vram.estimate import estimate
