@@ -236,8 +236,8 @@ _FULL_DISK_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np
-    from studio.outputs.render_files import files as files_mod
-    from studio.outputs.render_files import video as video_mod
+    from studio.media import files as files_mod
+    from studio.media import video as video_mod
     from studio.errors import OutputError
 
     folder = sys.argv[1]
