@@ -13,6 +13,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Wan LoRA Studio web UI")
     p.add_argument("--model", default=None, help="demo, wan2.2-i2v-a14b, wan2.2-ti2v-5b or a pipeline folder")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="load the model in float32, bfloat16 or float16 (default: bfloat16 on a GPU, float32 on the CPU; "
+        "$STUDIO_DTYPE)",
+    )
     p.add_argument("--lora-dir", action="append", default=[], help="another LoRA folder (repeatable)")
     p.add_argument("--outputs", default=None, help="folder for rendered videos (default ./outputs)")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; 0.0.0.0 on a Space)")
@@ -29,10 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     from studio.ui.launch import launch
 
     args = parse_args(argv)
-    settings = Settings.from_env(model=args.model, outputs_dir=args.outputs)
-    if args.lora_dir:
-        settings = settings.with_(lora_dirs=[*settings.lora_dirs, *map(Path, args.lora_dir)])
     try:
+        settings = Settings.from_env(model=args.model, outputs_dir=args.outputs, dtype=args.dtype)
+        if args.lora_dir:
+            settings = settings.with_(lora_dirs=[*settings.lora_dirs, *map(Path, args.lora_dir)])
         studio = Studio(settings)
         studio.manager.load_model(settings.model)
     except StudioError as exc:

@@ -9,6 +9,8 @@ Environment variables (a Space sets these in its settings):
 - ``STUDIO_OUTPUTS``: where renders are written (default ``./outputs``).
 - ``STUDIO_CACHE``: where the demo model and other caches live (default ``./.studio-cache``).
 - ``STUDIO_PRESETS``: the user's presets folder (default ``./user_presets``).
+- ``STUDIO_DTYPE``: the precision the model is loaded in: ``float32``, ``bfloat16`` or
+  ``float16`` (also ``fp32``/``bf16``/``fp16``). Unset: bfloat16 on a GPU, float32 on the CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +18,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from studio.errors import ValidationError
+
+DTYPES = ("float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def parse_dtype(value: str | None) -> str | None:
+    """A dtype name as the studio spells it (``float32``/``bfloat16``/``float16``), or None for the default."""
+    if value is None or not str(value).strip():
+        return None
+    name = str(value).strip().lower().removeprefix("torch.")
+    name = _DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise ValidationError(
+            f"Unknown dtype {value!r}: choose float32, bfloat16 or float16 (or fp32, bf16, fp16)."
+        )
+    return name
 
 
 def _split_dirs(value: str | None) -> list[Path]:
@@ -31,7 +51,11 @@ class Settings:
     cache_dir: Path = Path(".studio-cache")
     presets_dir: Path = Path("user_presets")  # the user's own presets (shipped ones live in ./presets)
     model: str | None = None  # None: pick the default (see studio.models.registry.default_model_name)
+    dtype: str | None = None  # None: the model's dtype on a GPU (bfloat16), float32 on the CPU
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", parse_dtype(self.dtype))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
@@ -43,6 +67,7 @@ class Settings:
             cache_dir=Path(env.get("STUDIO_CACHE") or ".studio-cache"),
             presets_dir=Path(env.get("STUDIO_PRESETS") or "user_presets"),
             model=env.get("STUDIO_MODEL") or None,
+            dtype=env.get("STUDIO_DTYPE") or None,
         )
         return settings.with_(**{k: v for k, v in overrides.items() if v is not None})
 

@@ -22,12 +22,19 @@ here                            replaces                                        
 ``fuse`` / ``unfuse``           ``fuse_lora`` / ``unfuse_lora``                 one in-place ``addmm_`` per module for all
                                                                                 active adapters, ΔW = B_cat @ (s·A_cat),
                                                                                 instead of one full-size delta, one scaled
-                                                                                copy and one add per adapter
+                                                                                copy and one add per adapter; the unfuse
+                                                                                copies a backup back (exact, see
+                                                                                :mod:`studio.engine.fuse`)
 ``enable_fast_forward``         peft's ``Linear.forward``                       unfused adapters in one batched low-rank
                                                                                 product per module, accumulated in place
                                                                                 (``addmm_``): no full-size temporaries per
                                                                                 adapter; zero-weight adapters cost nothing
 ==============================  ==============================================  ==========================================
+
+This module is the one entry point the manager, the benchmarks and other helpers use:
+it holds setting weights, loading and deleting, and re-exports the rest, which lives in
+:mod:`studio.engine.fuse` (fusing with exact backups), :mod:`studio.engine.fast_forward`
+(:class:`FastLoraLinear`) and :mod:`studio.engine.lora_walk` (finding the LoRA layers).
 
 Everything here is for inference (the studio never trains): adapters are frozen
 (``requires_grad=False``) and the fast forward steps aside (falls back to peft's own
@@ -58,12 +65,25 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from studio.engine.fast_forward import FastLoraLinear
+from studio.engine.fast_forward import FastLoraLinear, disable_fast_forward, enable_fast_forward
+from studio.engine.fuse import (
+    FuseRefused,
+    backup_bytes,
+    drop_backup,
+    fuse,
+    fuse_pays_off,
+    fused_scale_kept,
+    is_fused,
+    unfuse,
+)
+from studio.engine.lora_walk import adapter_names, group_offloaded, lora_layers, slots
 
 __all__ = [
     "FastLoraLinear",
+    "FuseRefused",
     "UnsupportedLora",
     "adapter_names",
+    "backup_bytes",
     "delete_adapters",
     "disable_fast_forward",
     "enable_fast_forward",
@@ -87,49 +107,6 @@ class UnsupportedLora(ValueError):
     """
 
 
-# --------------------------------------------------------------------------- walking the model
-def _slots(model: nn.Module) -> list[tuple[nn.Module, str, BaseTunerLayer]]:
-    """(parent, child name, layer) of every peft tuner layer, without descending into them."""
-    found: list[tuple[nn.Module, str, BaseTunerLayer]] = []
-    stack = [model]
-    while stack:
-        module = stack.pop()
-        for name, child in module._modules.items():
-            if child is None:
-                continue
-            if isinstance(child, BaseTunerLayer):
-                found.append((module, name, child))
-            else:
-                stack.append(child)
-    return found
-
-
-def lora_layers(model: nn.Module) -> list[BaseTunerLayer]:
-    """Every peft tuner layer (LoRA layers) of ``model``."""
-    return [layer for _, _, layer in _slots(model)]
-
-
-def adapter_names(model: nn.Module) -> set[str]:
-    """The adapters loaded anywhere in ``model``."""
-    names: set[str] = set()
-    for layer in lora_layers(model):
-        names.update(layer._all_available_adapter_names())
-    return names
-
-
-def is_fused(model: nn.Module) -> bool:
-    return any(layer.merged for layer in lora_layers(model))
-
-
-def _group_offloaded(model: nn.Module) -> bool:
-    try:
-        from diffusers.hooks.group_offloading import _is_group_offload_enabled
-
-        return bool(_is_group_offload_enabled(model))
-    except Exception:
-        return False
-
-
 # --------------------------------------------------------------------------- weights
 def set_adapter_weights(model: nn.Module, weights: Mapping[str, float]) -> None:
     """Activate exactly the adapters in ``weights`` with those weights; ``{}`` turns LoRA off.
@@ -139,7 +116,10 @@ def set_adapter_weights(model: nn.Module, weights: Mapping[str, float]) -> None:
     become ``list(weights)`` and its scale for adapter ``a`` becomes
     ``weights[a] * lora_alpha[a] / r[a]`` (``sqrt(r)`` for rsLoRA). Weights are plain
     numbers (one per adapter and model). Raises ``ValueError`` for a name that is not
-    loaded, and ``RuntimeError`` while the model is fused (unfuse first).
+    loaded. Fused adapters (see :func:`fuse`) must stay active with the weight they were
+    fused with, while the unfused ones change freely (a per-step schedule re-weights the
+    unfused part of a partly fused stack between steps); anything else raises
+    ``RuntimeError`` and changes nothing (unfuse first).
     """
     names = list(weights)
     values = [float(w) for w in weights.values()]
@@ -149,8 +129,13 @@ def set_adapter_weights(model: nn.Module, weights: Mapping[str, float]) -> None:
         if unknown:
             raise ValueError(f"adapter(s) {unknown} are not loaded in this model")
     layers = lora_layers(model)
-    if any(layer.merged for layer in layers):
-        raise RuntimeError("the LoRAs are fused into the weights: unfuse before changing their weights")
+    by_name = dict(zip(names, values, strict=True))
+    for layer in layers:
+        for name in layer.merged_adapters:
+            if name not in by_name or not fused_scale_kept(layer, name, by_name[name]):
+                raise RuntimeError(
+                    f"the LoRA {name!r} is fused into the weights: unfuse before changing its weight"
+                )
     enabled = bool(names)
     for layer in layers:
         if not enabled:
@@ -264,8 +249,9 @@ def load_adapter(
     offload (accelerate hooks on every leaf) load through the pipeline's
     ``load_lora_weights`` instead, which lifts the offload while it loads.
     """
-    if _group_offloaded(model):
+    if group_offloaded(model):
         model.load_lora_adapter(dict(state_dict), adapter_name=adapter_name, prefix=prefix)
+        enable_fast_forward(model)
         return len(_group_state_dict(state_dict, prefix))
     modules = _group_state_dict(state_dict, prefix)
     if not modules:
@@ -350,22 +336,26 @@ def delete_adapters(model: nn.Module, names: str | Iterable[str], *, release: bo
     peft's rule, minus its warning per deleted name), and when no adapter is left, as
     ``model.unload_lora()``: a layer left without adapters is replaced by its base
     ``Linear`` again, and the model's ``peft_config`` goes. With ``release`` the freed
-    memory is handed back to the OS (:func:`release_memory`).
+    memory is handed back to the OS (:func:`release_memory`), and a layer left without
+    adapters drops its fuse backup (:mod:`studio.engine.fuse`).
     Raises ``ValueError`` while a deleted adapter is fused (unfuse first).
     """
     doomed = {names} if isinstance(names, str) else set(names)
-    if _group_offloaded(model):
-        model.delete_adapters(sorted(doomed))
-        if release:
-            release_memory()
-        return
-    slots = _slots(model)
-    merged = sorted({a for _, _, layer in slots for a in layer.merged_adapters} & doomed)
+    found = slots(model)
+    merged = sorted({a for _, _, layer in found for a in layer.merged_adapters} & doomed)
     if merged:
         raise ValueError(
             f"Cannot delete adapter(s) {merged} while they are merged. Please unmerge them first."
         )
-    for parent, child, layer in slots:
+    if group_offloaded(model):
+        model.delete_adapters(sorted(doomed))
+        for layer in lora_layers(model):  # diffusers keeps emptied layers; their backups go
+            if not layer._all_available_adapter_names():
+                drop_backup(layer)
+        if release:
+            release_memory()
+        return
+    for parent, child, layer in found:
         active = list(layer.active_adapters)
         for attr in (*layer.adapter_layer_names, *layer.other_param_names):
             container = getattr(layer, attr, None)
@@ -386,8 +376,10 @@ def delete_adapters(model: nn.Module, names: str | Iterable[str], *, release: bo
             # is left, the first remaining adapter by name becomes the active one.
             kept = [a for a in active if a not in doomed]
             layer._active_adapter = kept or remaining[:1]
-        if hasattr(layer, "base_layer") and not remaining:
-            setattr(parent, child, layer.get_base_layer())
+        if not remaining:
+            drop_backup(layer)  # no adapter left, none fused: the weight is the original again
+            if hasattr(layer, "base_layer"):
+                setattr(parent, child, layer.get_base_layer())
     config = getattr(model, "peft_config", None)
     if config is not None:
         for adapter in doomed:
@@ -423,130 +415,3 @@ def release_memory() -> None:
             _libc = False
     if _libc:
         _libc.malloc_trim(0)
-
-
-# --------------------------------------------------------------------------- fusing
-def _fusable(layer: BaseTunerLayer, names: list[str]) -> bool:
-    return (
-        isinstance(layer, PeftLoraLinear)
-        and not layer.fan_in_fan_out
-        and not any(n in layer.lora_variant for n in names)
-        and type(layer.get_base_layer()) is nn.Linear
-    )
-
-
-def _factors(layer: LoraLayer, names: list[str], scales: list[float], dtype: torch.dtype):
-    """B_cat ``[out, ΣR]`` and (scales · A)_cat ``[ΣR, in]`` in ``dtype``, on the layer's device."""
-    a_parts, b_parts = [], []
-    for name, scale in zip(names, scales, strict=True):
-        a_parts.append(layer.lora_A[name].weight.to(dtype) * scale)
-        b_parts.append(layer.lora_B[name].weight.to(dtype))
-    a = a_parts[0] if len(a_parts) == 1 else torch.cat(a_parts, 0)
-    b = b_parts[0] if len(b_parts) == 1 else torch.cat(b_parts, 1)
-    return b, a
-
-
-@torch.no_grad()
-def _add_delta(layer: LoraLayer, names: list[str], scales: list[float], sign: float) -> None:
-    base = layer.get_base_layer()
-    weight = base.weight
-    live = [(n, s) for n, s in zip(names, scales, strict=True) if s != 0.0]
-    if live:
-        # CPU half-precision matmuls are slow and lossy: do the product in float32 there, as peft does.
-        slow_half = weight.device.type == "cpu" and weight.dtype in (torch.float16, torch.bfloat16)
-        compute = torch.float32 if slow_half else weight.dtype
-        b, a = _factors(layer, [n for n, _ in live], [s for _, s in live], compute)
-        if compute == weight.dtype:
-            weight.addmm_(b, a, alpha=sign)
-        else:
-            weight.copy_(weight.to(compute).addmm_(b, a, alpha=sign))
-        for name, scale in live:
-            if layer.lora_bias.get(name):
-                lora_bias = layer.lora_B[name].bias
-                base.bias.add_(lora_bias.to(base.bias.dtype), alpha=sign * scale)
-
-
-def fuse(model: nn.Module, adapter_names: Iterable[str] | None = None) -> None:
-    """Fuse the active adapters (or ``adapter_names``) into the base weights; same result as ``fuse_lora()``.
-
-    One in-place ``W += B_cat @ (s·A_cat)`` per module for all adapters together. peft
-    records them as merged (``merged_adapters``), so diffusers' ``unfuse_lora`` also
-    undoes it; the scales used are remembered so :func:`unfuse` subtracts exactly what was
-    added. Adapters already fused stay as they are.
-    """
-    only = None if adapter_names is None else list(adapter_names)
-    for layer in lora_layers(model):
-        wanted = layer.active_adapters if only is None else only
-        if isinstance(layer, LoraLayer):
-            names = [n for n in wanted if n in layer.lora_A and n not in layer.merged_adapters]
-        else:
-            names = list(wanted)
-        if not names:
-            continue
-        if not _fusable(layer, names):
-            layer.merge(adapter_names=names)
-            continue
-        scales = [float(layer.scaling[n]) for n in names]
-        _add_delta(layer, names, scales, 1.0)
-        record = dict(getattr(layer, "_studio_fused", None) or {}) if layer.merged_adapters else {}
-        record.update(zip(names, scales, strict=True))
-        layer._studio_fused = record
-        layer.merged_adapters = [*layer.merged_adapters, *names]
-
-
-def unfuse(model: nn.Module) -> None:
-    """Take every fused adapter out of the base weights again; same result as ``unfuse_lora()``."""
-    for layer in lora_layers(model):
-        if not layer.merged:
-            continue
-        names = list(layer.merged_adapters)
-        record = getattr(layer, "_studio_fused", None) or {}
-        if set(record) != set(names) or not _fusable(layer, names):
-            layer.unmerge()  # fused by peft itself (or not a plain LoRA Linear)
-        else:
-            _add_delta(layer, names, [record[n] for n in names], -1.0)
-            layer.merged_adapters = []
-        layer._studio_fused = None
-
-
-def fuse_pays_off(model: nn.Module, tokens: int, steps: int) -> bool:
-    """Whether fusing the active adapters (and unfusing afterwards) beats running them unfused.
-
-    Counts matmul FLOPs: fuse + unfuse cost 2 · 2·ΣR·in·out per module, and every forward of
-    ``tokens`` tokens with unfused adapters costs 2·tokens·ΣR·(in+out) extra. ``steps`` is
-    the number of forwards this model runs before the adapters change (e.g. its share of
-    the denoising steps, twice that with CFG). On a 480p Wan2.2 render (32,760 tokens) one
-    step already pays for the fuse; on a tiny demo render it does not.
-    """
-    fuse_cost = step_cost = 0
-    for layer in lora_layers(model):
-        if not isinstance(layer, LoraLayer) or layer.disable_adapters or layer.merged:
-            continue
-        rank = sum(layer.r[a] for a in layer.active_adapters if a in layer.lora_A and layer.scaling.get(a))
-        if rank:
-            fan_in, fan_out = layer.in_features, layer.out_features
-            fuse_cost += 4 * rank * fan_in * fan_out
-            step_cost += 2 * tokens * rank * (fan_in + fan_out)
-    return fuse_cost > 0 and steps * step_cost > fuse_cost
-
-
-# --------------------------------------------------------------------------- the forward
-def enable_fast_forward(model: nn.Module) -> int:
-    """Give every plain peft LoRA ``Linear`` of ``model`` the batched forward; returns how many changed."""
-    changed = 0
-    for layer in lora_layers(model):
-        if type(layer) is PeftLoraLinear:
-            layer.__class__ = FastLoraLinear
-            changed += 1
-    return changed
-
-
-def disable_fast_forward(model: nn.Module) -> int:
-    """Back to peft's own forward (for comparisons); returns how many changed."""
-    changed = 0
-    for layer in lora_layers(model):
-        if type(layer) is FastLoraLinear:
-            layer.__class__ = PeftLoraLinear
-            layer.__dict__.pop("_studio_scale", None)
-            changed += 1
-    return changed

@@ -31,6 +31,7 @@ from studio.engine.memory import (
     MemoryConfig,
     apply_memory,
     check_device,
+    fuse_refusal,
     keep_lora_in_compute_dtype,
     set_vae_tiling,
 )
@@ -145,6 +146,13 @@ class PipelineManager:
             self._device = "cuda" if torch.cuda.is_available() else "cpu"
         return self._device
 
+    def load_dtype(self, spec: ModelSpec):
+        """The torch dtype models load in: ``settings.dtype``, else the model's on a GPU and float32 on the CPU."""
+        import torch
+
+        name = self.settings.dtype or (spec.dtype if self.device != "cpu" else "float32")
+        return getattr(torch, name)
+
     def load_model(self, name_or_folder: str | None = None) -> ModelSpec:
         """Load a model by registry name or folder; a no-op when it is already loaded."""
         from studio.models.registry import default_model_name
@@ -162,10 +170,9 @@ class PipelineManager:
             return spec
 
     def _from_pretrained(self, spec: ModelSpec, source: Path):
-        import torch
         from diffusers import WanImageToVideoPipeline
 
-        dtype = getattr(torch, spec.dtype) if self.device != "cpu" else torch.float32
+        dtype = self.load_dtype(spec)
         try:
             pipe = WanImageToVideoPipeline.from_pretrained(source, dtype=dtype)
         except (OSError, ValueError, RuntimeError) as exc:
@@ -259,11 +266,8 @@ class PipelineManager:
             )
             if unchanged:
                 return plan
-            if fuse and self.memory.precision == "fp8":
-                raise ValidationError(
-                    "LoRAs cannot be fused into fp8 weights; untick Fuse (the LoRAs then run unfused) "
-                    "or choose bf16 precision."
-                )
+            if fuse and (refusal := fuse_refusal(self.memory)):
+                raise ValidationError(refusal)
             with self._oom_guard("loading the LoRAs"):
                 if self._fused:
                     self._unfuse()
@@ -375,8 +379,8 @@ class PipelineManager:
     def fuse_pays_off(self, settings: RenderSettings) -> bool:
         """Whether fusing the active stack beats running it unfused for this render (FLOP count).
 
-        Fusing is exact (fused and unfused outputs match to ~1e-6) and costs a fixed amount per
-        module, so it pays off for real renders (32,760 tokens at 480p) and not for tiny ones.
+        Fusing matches the unfused output to float rounding, is undone exactly (from a backup) and
+        costs a fixed amount per module: it pays off for real renders (32,760 tokens at 480p) only.
         """
         if not self._weights:
             return False
@@ -453,7 +457,7 @@ class PipelineManager:
             raise RenderCancelled()
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        auto = not request.fuse and self.memory.precision != "fp8"
+        auto = not request.fuse and fuse_refusal(self.memory) is None
         self.apply_stack(request.stack, fuse=request.fuse, keep_fused=auto)
         if auto and not self._fused and self.fuse_pays_off(settings):
             with self._oom_guard("fusing the LoRAs"):

@@ -6,8 +6,9 @@
 - ``model-offload``: one component (text encoder, an expert, the VAE) on the GPU at a time;
 - ``group-offload``: block-level group offload with CUDA streams, for 16–24 GB cards;
 - ``sequential``: leaf-level offload, the last resort (slow);
-- precision ``fp8``: layerwise casting, weights stored in float8 and computed in bf16, on top
-  of any mode. LoRA layers stay in the compute precision, and fusing is not available.
+- precision ``fp8``: layerwise casting, weights stored in float8 and computed in the dtype the
+  model was loaded in (bf16 on a GPU), on top of any mode. LoRA layers stay in the compute
+  precision, and fusing is not available (nor with ``sequential``: see :func:`fuse_refusal`).
 - ``vae_tiling``: the VAE decodes in tiles (lower decode peak).
 """
 
@@ -43,6 +44,18 @@ class MemoryConfig:
         return (self.mode, self.precision) != (other.mode, other.precision)
 
 
+def fuse_refusal(config: MemoryConfig) -> str | None:
+    """Why LoRAs cannot be fused in this setup (fp8 storage, weights held by offload hooks), or None."""
+    if config.precision == "fp8":
+        return (
+            "LoRAs cannot be fused into fp8 weights; untick Fuse (the LoRAs then run unfused) "
+            "or choose bf16 precision."
+        )
+    if config.mode == "sequential":
+        return "LoRAs cannot be fused with sequential offload; untick Fuse or choose another memory mode."
+    return None
+
+
 def effective_mode(config: MemoryConfig, *, is_demo: bool) -> str:
     """What ``auto`` means for a model: the demo all on the GPU, real models with model offload."""
     if config.mode != "auto":
@@ -64,10 +77,10 @@ def apply_memory(pipe, config: MemoryConfig, *, device: str, is_demo: bool) -> N
 
     check_device(config, device)
     if config.precision == "fp8":
-        compute = torch.bfloat16 if device == "cuda" else torch.float32
         for name in TRANSFORMERS:
             model = getattr(pipe, name, None)
             if model is not None:
+                model._studio_compute_dtype = compute = model.dtype  # the dtype it was loaded in
                 model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
     set_vae_tiling(pipe, config.vae_tiling)
     if device != "cuda":
@@ -103,7 +116,8 @@ def lora_compute_dtype(model):
     for module in model.modules():
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-            return torch.bfloat16 if weight.device.type == "cuda" else torch.float32
+            fallback = torch.bfloat16 if weight.device.type == "cuda" else torch.float32
+            return getattr(model, "_studio_compute_dtype", fallback)
     return None
 
 
