@@ -43,6 +43,11 @@ def add_parser(sub) -> None:
     p.add_argument("--fuse", action="store_true", help="fuse the LoRAs into the weights (faster steps)")
     p.add_argument("--mode", choices=MODES, default="auto", help="memory mode (default: auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="bf16", help="storage of the experts' weights")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="load the model in float32, bfloat16 or float16 (default: bfloat16 on a GPU, float32 on the CPU)",
+    )
     p.add_argument("--vae-tiling", action="store_true", help="decode the VAE in tiles (lower peak)")
     p.add_argument("--force", action="store_true", help="render even when the VRAM estimate exceeds the GPU")
     p.add_argument("--out", required=True, help="the MP4 to write (OUT.json and OUT.start.png go beside it)")
@@ -100,7 +105,7 @@ def cmd_render(args) -> int:
     lora_dirs += [parse_lora_arg(t)[0].parent for t in args.lora]
     if args.preset:
         lora_dirs.append(Path(args.preset).expanduser().resolve().parent)
-    settings = Settings.from_env(model=model)
+    settings = Settings.from_env(model=model, dtype=args.dtype)
     settings = settings.with_(lora_dirs=[*settings.lora_dirs, *lora_dirs])
     image = load_start_image(Path(args.image).expanduser())
     stack = _stack_for(args, preset)

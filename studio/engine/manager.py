@@ -15,7 +15,6 @@ The UI and CLI never hold model state; they build requests and call these method
 from __future__ import annotations
 
 import contextlib
-import gc
 import threading
 import time
 import warnings
@@ -518,7 +517,7 @@ class PipelineManager:
             experts_per_step=experts,
             loras=self.lora_records(),
             timings=timings,
-            model={"name": spec.name, "repo_id": spec.repo_id, "label": spec.label, "demo": spec.is_demo},
+            model=_model_record(spec, self.load_dtype(spec)),
         )
 
     def decode(self, latents) -> np.ndarray:
@@ -563,8 +562,7 @@ class PipelineManager:
             if self._fused:  # weights may hold a half-applied fuse: put the model back
                 self._unfuse()
             self.pipe.maybe_free_model_hooks()
-        gc.collect()
-        _empty_cuda_cache()
+        lora_ops.release_memory()  # gc, the CUDA cache and glibc's free pages
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -573,14 +571,15 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError)
 
 
-def _empty_cuda_cache() -> None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
+def _model_record(spec: ModelSpec, dtype) -> dict[str, Any]:
+    name = str(dtype).removeprefix("torch.")  # the dtype the model was loaded (and computes) in
+    return {
+        "name": spec.name,
+        "repo_id": spec.repo_id,
+        "label": spec.label,
+        "demo": spec.is_demo,
+        "dtype": name,
+    }
 
 
 def _oom_advice(settings: RenderSettings) -> str:

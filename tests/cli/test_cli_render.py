@@ -36,7 +36,7 @@ def test_cli_renders_a_9_frame_mp4_with_sidecar(tmp_path, studio_cache, demo_mod
     proc = run_cli(
         ["render", "--image", str(start_png), "--prompt", "a cat walking", "--model", "demo", "--lora",
          f"{lora}:0.8:0.3", "--frames", "9", "--steps", "4", "--width", "32", "--height", "32", "--seed", "11",
-         "--out", str(out)],
+         "--dtype", "bf16", "--out", str(out)],
         cwd=tmp_path, cache=studio_cache,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -45,7 +45,7 @@ def test_cli_renders_a_9_frame_mp4_with_sidecar(tmp_path, studio_cache, demo_mod
     assert (info.frames, info.width, info.height) == (9, 32, 32)
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["settings"]["seed"] == 11 and sidecar["settings"]["frames"] == 9
-    assert sidecar["model"]["name"] == "demo"
+    assert sidecar["model"]["name"] == "demo" and sidecar["model"]["dtype"] == "bfloat16"
     assert {(r["expert"], r["weight"]) for r in sidecar["loras"]} == {("high", 0.8), ("low", 0.3)}
     assert all(len(r["sha256"]) == 64 for r in sidecar["loras"])
     assert sidecar["versions"]["diffusers"] and "denoise_s" in sidecar["timings"]
@@ -94,6 +94,10 @@ def exit_code(args) -> int:
         (
             ["render", "--image", "{img}", "--prompt", "x", "--frames", "abc", "--out", "o.mp4"],
             "invalid int value",
+        ),
+        (
+            ["render", "--image", "{img}", "--prompt", "x", "--dtype", "fp64", "--out", "o.mp4"],
+            "Unknown dtype",
         ),
         (["bogus"], "invalid choice"),
     ],
