@@ -43,6 +43,7 @@ _NAMES = {
     "weights_while_loading": "weights while loading",
     "offloaded_weights": "offloaded weights",
     "pinned_copy_while_setting_up": "pinned copy while setting up",
+    "fuse_backups": "fuse backups (exact unfuse)",
     "decoded_frames": "decoded frames",
 }
 

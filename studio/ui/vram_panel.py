@@ -90,9 +90,13 @@ def bar_html(est: Estimate, card: int | None, card_text: str) -> str:
     else:
         verdict_html = "<span class='vram-verdict' id='vram-verdict'>no card to compare with</span>"
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in est.notes[:3])
+    backups = est.ram_breakdown.get("fuse_backups", 0)
+    ram_text = f"host RAM {est.peak_ram_bytes / 1e9:.1f} GB" + (
+        f" (<span id='vram-fuse-backups'>{backups / 1e9:.1f} GB</span> fuse backups)" if backups else ""
+    )
     return (
         f"<div class='vram-panel'><div class='vram-head'>Peak VRAM <b id='vram-peak'>{est.peak_vram_bytes / 1e9:.2f} GB"
-        f"</b> (during {html.escape(est.peak_phase.replace('_', ' '))}) · host RAM {est.peak_ram_bytes / 1e9:.1f} GB · "
+        f"</b> (during {html.escape(est.peak_phase.replace('_', ' '))}) · {ram_text} · "
         f"{verdict_html}</div><div class='vram-bar'>{segments}{marker}</div>"
         f"<div class='vram-legend'>{legend}</div><div class='vram-card-text'>{html.escape(card_text)}</div>"
         f"{f'<ul class=vram-notes>{notes}</ul>' if notes else ''}</div>"

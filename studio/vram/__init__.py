@@ -59,8 +59,10 @@ A CUDA context (~0.8 GB: driver, cuBLAS/cuDNN handles; not reported by
 :attr:`Estimate.torch_peak_bytes` for the number to compare with the allocator.
 
 Host RAM: the pipeline is loaded on the CPU first (all weights in bf16), offloaded
-components live there, group offloading makes pinned copies, and the decoded frames
-come back as float32 arrays; plus the Python process itself.
+components live there, group offloading makes pinned copies, fusing keeps a host copy of
+every weight the LoRAs touch (so unfusing is exact; not with fp8 or sequential offload,
+which do not fuse), and the decoded frames come back as float32 arrays; plus the Python
+process itself.
 
 Calibration: the weights equal those of real modules; the transformer and VAE
 activations match the live tensors of real diffusers forwards on CPU within a few

@@ -19,11 +19,12 @@ from studio.models.shapes import (
     vae_weights,
 )
 from studio.vram.activations import BlockShape, diffusers_forward, text_encoder_activations
-from studio.vram.lora_weights import lora_bytes
+from studio.vram.lora_weights import fuse_backup_bytes, lora_bytes
 from studio.vram.reference import _estimate_reference
 from studio.vram.types import (
     BLOCK_KINDS,
     CUDA_CONTEXT_BYTES,
+    GB,
     MEMORY_MODES,
     PHASE_LABELS,
     PRECISIONS,
@@ -120,11 +121,13 @@ def estimate(
     w_vae = vae.bytes(base)
     lora_of: dict[str, int] = dict.fromkeys(expert_keys, 0)
     lora_rank: dict[str, dict[str, int]] = {e: {} for e in expert_keys}
+    loras_in: dict[str, list[LoraLoad]] = {e: [] for e in expert_keys}
     for lora in loras:
         targets = [e for e in lora.experts if e in lora_of] or (
             expert_keys[:1] if shapes.experts == 1 else []
         )
         for e in targets:
+            loras_in[e].append(lora)
             lora_of[e] += lora_bytes(shapes, lora, element_size=c)
             if not lora.fused:
                 for kind in lora.module_kinds:
@@ -264,6 +267,16 @@ def estimate(
             notes.append(
                 "Group offloading pins a copy of each component while it is set up "
                 "(low_cpu_mem_usage=True avoids it, at some speed)."
+            )
+    # The studio fuses a stack whenever that pays off (every real render) and keeps a host copy of
+    # each weight it writes into, so that unfusing restores the model bit for bit.
+    if precision != "fp8" and mode != "sequential":
+        backups = sum(fuse_backup_bytes(shapes, loras_in[e], element_size=c) for e in expert_keys)
+        if backups:
+            ram["fuse_backups"] = backups
+            notes.append(
+                f"Fusing keeps a host copy of the {backups / GB:.1f} GB of weights the LoRAs touch, "
+                "so unfusing gives the model back exactly."
             )
     ram["decoded_frames"] = video_host
     ram_clean = {k: round(v) for k, v in ram.items() if round(v) > 0}

@@ -1,6 +1,9 @@
-"""How many bytes a LoRA stack adds to an expert: rank·(in+out) per targeted Linear."""
+"""How many bytes a LoRA stack adds to an expert: rank·(in+out) per targeted Linear; and the host copy
+of the touched weights that fusing keeps so unfusing is exact (:mod:`studio.engine.fuse`)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from studio.models.shapes import (
     ModelShapes,
@@ -47,3 +50,41 @@ def lora_bytes(shapes: ModelShapes, lora: LoraLoad, *, element_size: int = 2) ->
     )
     top = sum(_lora_top_params(k, shapes) for k in set(lora.module_kinds))
     return lora.rank * (per_block * blocks + top) * element_size
+
+
+def _touched_block_params(kind: str, dim: int, ffn: int) -> int:
+    """Weight + bias elements of the Linears ``kind`` targets in one block (what a fuse writes into)."""
+    if kind in ("self_attn", "cross_attn"):
+        return 4 * (dim * dim + dim)  # to_q, to_k, to_v, to_out.0 (cross-attention k/v read dim-wide text)
+    if kind == "ffn":
+        return (dim * ffn + ffn) + (ffn * dim + dim)
+    return 0
+
+
+def _touched_top_params(kind: str, shapes: ModelShapes) -> int:
+    from studio.loras.synthetic import top_level_shapes
+
+    top = top_level_shapes(shapes.transformer)
+    names = [n for n in top if n.startswith("condition_embedder")] if kind == "embeddings" else []
+    names += ["proj_out"] if kind == "head" else []
+    return sum(top[n][0] * top[n][1] + top[n][1] for n in names)
+
+
+def fuse_backup_bytes(shapes: ModelShapes, loras: Iterable[LoraLoad], *, element_size: int = 2) -> int:
+    """Host bytes of one expert's fuse backups: every weight and bias the LoRAs touch, once.
+
+    ``loras`` are the LoRAs loaded into that expert. Modules are counted once however many
+    LoRAs touch them; LoRAs on part of the blocks are assumed to touch different blocks (an
+    upper bound). The backups live while the LoRAs are loaded.
+    """
+    t = shapes.transformer
+    dim, ffn, layers = shapes.dim, int(t["ffn_dim"]), int(t["num_layers"])
+    blocks_of: dict[str, int] = {}
+    for lora in loras:
+        for kind in set(lora.module_kinds):
+            blocks_of[kind] = min(layers, blocks_of.get(kind, 0) + min(lora.blocks or layers, layers))
+    elements = sum(
+        _touched_block_params(kind, dim, ffn) * blocks + _touched_top_params(kind, shapes)
+        for kind, blocks in blocks_of.items()
+    )
+    return elements * element_size
