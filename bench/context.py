@@ -39,6 +39,7 @@ class Context:
             outputs_dir=self.tmp / "outputs",
             cache_dir=cache_root() / "studio-cache",
             model=None,
+            dtype=os.environ.get("BENCH_DTYPE") or None,  # default: float32 on the CPU, bf16 on a GPU
         )
 
     def manager(self, subject: Subject):

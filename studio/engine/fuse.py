@@ -230,12 +230,12 @@ def unfuse(model: nn.Module) -> None:
 def fuse_pays_off(model: nn.Module, tokens: int, steps: int) -> bool:
     """Whether fusing the active adapters (and unfusing afterwards) beats running them unfused.
 
-    Counts matmul FLOPs: a fuse costs 2·ΣR·in·out per module (the unfuse is a copy), and
+    Counts matmul FLOPs: a fuse costs 2·ΣR·in·out per module, counted twice (the restore of
+    the backup on unfuse, and the one-time backup copy, are memory copies of the same size);
     every forward of ``tokens`` tokens with unfused adapters costs 2·tokens·ΣR·(in+out)
     extra. ``steps`` is the number of forwards this model runs before the adapters change
-    (e.g. its share of the denoising steps, twice that with CFG). The fuse is counted twice,
-    as a margin for the backup copy and the restore. On a 480p Wan2.2 render (32,760
-    tokens) one step already pays for the fuse; on a tiny demo render it does not.
+    (e.g. its share of the denoising steps, twice that with CFG). On a 480p Wan2.2 render
+    (32,760 tokens) one step already pays for the fuse; on a tiny demo render it does not.
     """
     fuse_cost = step_cost = 0
     for layer in lora_layers(model):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from studio.engine.manager import PipelineManager, RenderRequest
-from studio.engine.memory import MemoryConfig
+from studio.engine.memory import MemoryConfig, fuse_refusal
 from studio.errors import ValidationError
 from studio.stack.schema import RenderSettings, Stack, StackEntry
 
@@ -65,3 +65,20 @@ def test_vae_tiling_changes_without_a_reload_and_precision_with_one(settings, st
         manager.loaded_adapters()
         and torch.nn.functional.cosine_similarity(again.flatten(), first.flatten(), dim=0) > 0.95
     )
+
+
+def test_fp8_storage_computes_in_the_dtype_the_model_was_loaded_in(settings, start_image, make_lora):
+    fp8 = PipelineManager(
+        settings.with_(dtype="bfloat16"), device="cpu", memory=MemoryConfig(precision="fp8")
+    )
+    fp8.load_model("demo")
+    with_lora = latents(fp8, start_image, Stack(entries=[StackEntry.single(make_lora(scale=0.3))]))
+    lora_a = fp8.pipe.transformer.blocks[0].attn1.to_q.lora_A
+    assert all(layer.weight.dtype == torch.bfloat16 for layer in lora_a.values())
+    assert torch.isfinite(with_lora).all() and not fp8._fused  # never fused automatically
+
+
+def test_fusing_is_refused_where_it_cannot_be_exact():
+    assert fuse_refusal(MemoryConfig()) is None and fuse_refusal(MemoryConfig(mode="group-offload")) is None
+    assert "fp8" in fuse_refusal(MemoryConfig(precision="fp8"))
+    assert "sequential offload" in fuse_refusal(MemoryConfig(mode="sequential"))
