@@ -36,7 +36,7 @@ from studio.engine.memory import (
 )
 from studio.engine.plan import AdapterPlan, plan_stack
 from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
-from studio.loras.match import MatchReport, prepare_lora
+from studio.loras.match import MatchReport, PreparedLora, prepare_loaded, read_lora
 from studio.loras.sources import FileIdentity
 from studio.models.registry import ModelSpec, pipeline_source, resolve_model
 from studio.settings import Settings
@@ -307,12 +307,16 @@ class PipelineManager:
 
     def _load(self, plan: AdapterPlan) -> None:
         """Read each new file once, check it fits the model, load it into its expert(s)."""
+        expert_of = {c: e for e, c in self.components().items()}
         for identity, targets in plan.to_load.items():
-            first_model = getattr(self.pipe, targets[0][0])
-            prepared = prepare_lora(identity.path, first_model, cache_dir=self.settings.cache_dir)
+            lora_file = read_lora(identity.path, cache_dir=self.settings.cache_dir)
             self.lora_file_reads += 1
-            self.reports[identity.path] = prepared.report
+            prepared_for: dict[str | None, PreparedLora] = {}  # a two-expert file: one half per expert
             for component, adapter in targets:
+                half = expert_of[component] if lora_file.two_experts else None
+                if (prepared := prepared_for.get(half)) is None:
+                    prepared = prepare_loaded(lora_file, getattr(self.pipe, component), expert=half)
+                    self.reports[identity.path] = prepared_for.setdefault(half, prepared).report
                 try:
                     self._fault("lora_load")
                     self._load_adapter(component, adapter, prepared)
@@ -325,7 +329,7 @@ class PipelineManager:
                 self._loras[(component, adapter)] = LoadedLora(
                     adapter, component, identity, prepared.info.sha256
                 )
-            del prepared
+            del prepared_for, lora_file
 
     def _load_adapter(self, component: str, adapter: str, prepared) -> None:
         """The fast path (the file's tensors become the adapter); diffusers' loader for what it can't do."""

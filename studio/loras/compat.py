@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from studio.loras.inspect import LoraInfo
-from studio.loras.keys import describe_dim, model_name_for_dim
+from studio.loras.keys import describe_dim, leftovers_note, model_name_for_dim
 from studio.models.shapes import A14B_TRANSFORMER, TI2V_5B_TRANSFORMER
 
 Level = Literal["compatible", "partial", "incompatible"]
@@ -48,7 +48,20 @@ KNOWN_TRANSFORMER_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 # Layouts whose tensors the converter turns into something diffusers loads.
-LOADABLE_LAYOUTS = {"diffusers", "original", "lightx2v", "musubi", "no_prefix", "lokr", "loha", "dora"}
+LOADABLE_LAYOUTS = {
+    "diffusers",
+    "original",
+    "lightx2v",
+    "musubi",
+    "videox_fun",
+    "diffsynth",
+    "peft_wan",
+    "ai_toolkit",
+    "no_prefix",
+    "lokr",
+    "loha",
+    "dora",
+}
 # Top-level (outside the blocks) Linear layers every Wan transformer has.
 _TOP_LINEARS = {
     "proj_out",
@@ -140,6 +153,11 @@ def _layout_notes(info: LoraInfo) -> list[str]:
         )
     if info.layout == "no_prefix":
         notes.append("Its keys have no prefix; they are read as Wan module names.")
+    if len(info.experts_in_file) == 2:
+        notes.append(
+            "It holds both experts in one file: the transformer_1 half lands on the high-noise expert, "
+            "the transformer_2 half on the low-noise expert."
+        )
     return notes
 
 
@@ -201,7 +219,8 @@ def check_compat(info: LoraInfo, model_config: Mapping[str, Any], *, model_name:
         beyond_blocks = sorted(b for b in block_counts if layers is not None and b >= layers)
         top = list(info.top_modules)
     else:  # an info without per-block counts: spread the modules evenly over the blocks
-        in_blocks = max(0, total - sum(info.kind_modules.get(k, 0) for k in ("embeddings", "head")))
+        top_kinds = ("embeddings", "image_embeddings", "head")
+        in_blocks = max(0, total - sum(info.kind_modules.get(k, 0) for k in top_kinds))
         block_total = in_blocks or total
         span = (info.max_block or 0) + 1
         inside = span if layers is None else min(span, layers)
@@ -212,30 +231,35 @@ def check_compat(info: LoraInfo, model_config: Mapping[str, Any], *, model_name:
     kinds = info.kind_modules
     if not kinds and info.image_attention:  # older info: about two image modules per block
         kinds = {"image_cross_attn": 2 * max(1, info.num_blocks)}
+    # Wan2.1 I2V image-branch modules on a model without image attention are leftovers: they have
+    # nothing to land on and do not count against the match (as in the real match report).
     image_modules = 0 if image_attention else kinds.get("image_cross_attn", 0)
     ffn_mismatch = bool(info.ffn_dim and ffn and info.ffn_dim != ffn)
     ffn_modules = kinds.get("ffn", 0) if ffn_mismatch else 0
     other_modules = kinds.get("other", 0)
-    bad_share = min(1.0, (image_modules + ffn_modules + other_modules) / block_total) if block_total else 0.0
-    landing = in_range * (1.0 - bad_share)
+    image_share = min(1.0, image_modules / block_total) if block_total else 0.0
+    bad_share = min(1.0 - image_share, (ffn_modules + other_modules) / block_total) if block_total else 0.0
+    landing = in_range * (1.0 - image_share - bad_share)
 
     top_missing: list[str] = []
+    leftovers = image_modules
     for module in top:
         if module in _TOP_LINEARS or (_IMAGE_EMBEDDER_RE.match(module) and image_embedder):
             landing += 1
+        elif _IMAGE_EMBEDDER_RE.match(module):
+            leftovers += 1
         else:
             top_missing.append(module)
+    total -= leftovers
+    landing = round(landing, 6)
+    if leftovers:
+        notes.append(leftovers_note(round(leftovers)))
 
     # -- the sentence -------------------------------------------------------------------
     reasons: list[str] = []
     if beyond_blocks:
         reasons.append(
             f"blocks {block_ranges(beyond_blocks)} do not exist in {name}, which has {layers} blocks"
-        )
-    if image_modules:
-        reasons.append(
-            f"its Wan2.1 I2V image attention (k_img/v_img, {_plural(image_modules, 'module')}) is skipped "
-            f"because {name} has no image attention"
         )
     if ffn_modules:
         reasons.append(
@@ -248,6 +272,11 @@ def check_compat(info: LoraInfo, model_config: Mapping[str, Any], *, model_name:
         shown = ", ".join(top_missing[:3]) + (" …" if len(top_missing) > 3 else "")
         reasons.append(f"{name} has no Linear layer for {shown}")
 
+    if total <= 0:
+        return incompatible(
+            f"This LoRA only targets Wan2.1 I2V image attention (k_img/v_img, img_emb), which {name} does "
+            "not have, so it would change nothing; choose a LoRA made for this model."
+        )
     if landing <= 0:
         if beyond_blocks and in_range == 0:
             blocks = sorted(info.block_modules) or beyond_blocks

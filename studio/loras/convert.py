@@ -22,7 +22,15 @@ that the studio fixes what diffusers does not accept:
   they are zero);
 * modules diffusers' converter would choke on (e.g. a lone ``k_img`` without
   ``v_img``, or top-level modules in a file without blocks) are converted by the
-  studio with the same maths (``scale = alpha / rank`` folded into ``lora_A``).
+  studio with the same maths (``scale = alpha / rank`` folded into ``lora_A``);
+* **VideoX-Fun** keys (``lora_unet__blocks_0_…``, which diffusers refuses), **PEFT saves**
+  of Wan's own module names (``base_model.model.blocks.0.ffn.0``) and **DiffSynth-Studio**
+  keys (``….lora_A.default.weight``) are read as the original layout;
+* **two-expert files** (ai-toolkit: ``diffusion_model.transformer_1.`` /
+  ``transformer_2.``) are converted one half at a time: ``expert="high"`` takes the
+  ``transformer_1`` half, ``"low"`` the ``transformer_2`` half;
+* lightx2v's per-block **modulation diffs** (``diff_m``) are left out like norm diffs
+  (diffusers does not apply them either).
 
 Decisions (the README repeats them):
 
@@ -61,10 +69,12 @@ from studio.loras.keys import (
     LOKR_PARAMS,
     LORA_DOWN,
     LORA_UP,
+    PARAMETER_KINDS,
     ParsedKey,
     SkippedKey,
     parse_key,
 )
+from studio.loras.lycoris import full_rank_pair, loha_pair, lokr_pair, lycoris_bytes
 
 DEFAULT_MAX_BYTES = 8 * 1024**3
 _TUCKER = {"lokr_t2", "hada_t1", "hada_t2", "lora_mid.weight"}
@@ -113,99 +123,11 @@ def _diffusers_lora_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str,
     return WanImageToVideoPipeline.lora_state_dict(state_dict, use_safetensors=True)
 
 
-def _float(t: torch.Tensor) -> torch.Tensor:
-    return t.to(torch.float32)
-
-
 def _out_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     for t in tensors:
         if t is not None and t.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             return t.dtype
     return torch.bfloat16
-
-
-def _full_rank_pair(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) with B @ A == delta exactly: an identity on the smaller side."""
-    out_f, in_f = delta.shape
-    if out_f <= in_f:
-        return delta, torch.eye(out_f, dtype=delta.dtype)
-    return torch.eye(in_f, dtype=delta.dtype), delta
-
-
-def _as_pq(full: torch.Tensor | None, a: torch.Tensor | None, b: torch.Tensor | None):
-    """A factor W as (P, Q) with W = P @ Q and the smallest inner size we can get for free."""
-    if a is not None and b is not None:
-        return _float(a), _float(b)
-    if full is None:
-        raise ValueError("missing factor")
-    w = _float(full)
-    rows, cols = w.shape
-    return (torch.eye(rows), w) if rows <= cols else (w, torch.eye(cols))
-
-
-def _lokr_pair(m: _Module, alpha: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    w1, w1a, w1b = m.get("lokr_w1"), m.get("lokr_w1_a"), m.get("lokr_w1_b")
-    w2, w2a, w2b = m.get("lokr_w2"), m.get("lokr_w2_a"), m.get("lokr_w2_b")
-    for t in (w1, w1a, w1b, w2, w2a, w2b):
-        if t is not None and t.ndim != 2:
-            raise ValueError("LoKr factors of a convolution")
-    p1, q1 = _as_pq(w1, w1a, w1b)
-    p2, q2 = _as_pq(w2, w2a, w2b)
-    dim = None
-    if w1 is None and w1b is not None:
-        dim = w1b.shape[0]
-    if w2 is None and w2b is not None:
-        dim = w2b.shape[0]
-    scale = alpha / dim if (alpha is not None and dim) else 1.0
-    out_f, in_f = p1.shape[0] * p2.shape[0], q1.shape[1] * q2.shape[1]
-    rank = p1.shape[1] * p2.shape[1]
-    if rank >= min(out_f, in_f):
-        delta = torch.kron(p1 @ q1, p2 @ q2) * scale
-        return _full_rank_pair(delta)
-    return torch.kron(q1, q2) * scale, torch.kron(p1, p2)
-
-
-def _loha_pair(m: _Module, alpha: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    w1a, w1b, w2a, w2b = (m.get(p) for p in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
-    if any(t is None for t in (w1a, w1b, w2a, w2b)):
-        raise ValueError("incomplete LoHa")
-    if any(t.ndim != 2 for t in (w1a, w1b, w2a, w2b)):  # type: ignore[union-attr]
-        raise ValueError("LoHa factors of a convolution")
-    w1a, w1b, w2a, w2b = (_float(t) for t in (w1a, w1b, w2a, w2b))  # type: ignore[arg-type]
-    scale = alpha / w1b.shape[0] if alpha is not None else 1.0
-    out_f, in_f = w1a.shape[0], w1b.shape[1]
-    r1, r2 = w1b.shape[0], w2b.shape[0]
-    if r1 * r2 >= min(out_f, in_f):
-        delta = (w1a @ w1b) * (w2a @ w2b) * scale
-        return _full_rank_pair(delta)
-    up = (w1a.unsqueeze(2) * w2a.unsqueeze(1)).reshape(out_f, r1 * r2)
-    down = (w1b.unsqueeze(1) * w2b.unsqueeze(0)).reshape(r1 * r2, in_f) * scale
-    return down, up
-
-
-def _lycoris_bytes(m: _Module, itemsize: int) -> int:
-    """Bytes of the LoRA factors the conversion of ``m`` will make (computed from shapes only)."""
-    shapes = {p: tuple(t.shape) for p, (_k, t) in m.params.items()}
-
-    def inner(full, a, b):
-        if a in shapes and b in shapes:
-            return shapes[a][0], shapes[a][1], shapes[b][1]
-        if full in shapes and len(shapes[full]) == 2:
-            r, c = shapes[full]
-            return r, min(r, c), c
-        return None
-
-    if "hada_w1_a" in shapes and "hada_w1_b" in shapes and "hada_w2_b" in shapes:
-        out_f, in_f = shapes["hada_w1_a"][0], shapes["hada_w1_b"][-1]
-        rank = min(shapes["hada_w1_b"][0] * shapes["hada_w2_b"][0], min(out_f, in_f))
-    else:
-        f1 = inner("lokr_w1", "lokr_w1_a", "lokr_w1_b")
-        f2 = inner("lokr_w2", "lokr_w2_a", "lokr_w2_b")
-        if not f1 or not f2:
-            return 0
-        out_f, in_f = f1[0] * f2[0], f1[2] * f2[2]
-        rank = min(f1[1] * f2[1], min(out_f, in_f))
-    return (out_f + in_f) * rank * itemsize
 
 
 def _peft_alpha_scales(metadata: Mapping[str, str] | None) -> Callable[[str, int], float] | None:
@@ -244,8 +166,10 @@ class _Converter:
         metadata: Mapping[str, str] | None,
         in_features: InFeatures | None,
         max_bytes: int,
+        expert: str | None = None,
     ) -> None:
         self.sd = state_dict
+        self.expert = expert
         self.metadata = metadata
         self.in_features = in_features
         self.max_bytes = max_bytes
@@ -278,6 +202,7 @@ class _Converter:
                 )
             else:
                 parsed.append(p)
+        parsed = self._one_expert(parsed)
         if not parsed:
             return self.result
         namings = {p.naming for p in parsed}
@@ -331,6 +256,24 @@ class _Converter:
         self._finish()
         return self.result
 
+    def _one_expert(self, parsed: list[ParsedKey]) -> list[ParsedKey]:
+        """The keys of this expert's half of a two-expert file (all keys of any other file)."""
+        halves = {p.expert for p in parsed if p.expert}
+        if not halves:
+            return parsed
+        expert = self.expert
+        if expert is None or expert not in halves:
+            if expert is None and len(halves) == 1:
+                expert = halves.pop()
+            elif expert is None:  # no expert named (a one-expert model): the high-noise half
+                expert = "high"
+                self.result.notes.append(
+                    "This file holds both experts' halves; only its high-noise half (transformer_1) was used."
+                )
+            else:
+                return []
+        return [p for p in parsed if p.expert in (expert, None)]
+
     def _try_musubi(self, parsed: list[ParsedKey]) -> bool:
         plain = {"lora_down.weight", "lora_up.weight", "alpha"}
         if not all(p.prefix == "lora_unet_" and p.param in plain for p in parsed):
@@ -353,9 +296,10 @@ class _Converter:
         """'standard' (diffusers converts it), 'manual' (the studio does), or '' (left out)."""
         p = m.parsed
         params = set(m.params)
-        if p.kind == "norm":
-            self.ignore(m.keys, "a norm-layer diff; diffusers does not apply these", p.diffusers_module)
-            self.count("norm", len(m.keys))
+        if p.kind in PARAMETER_KINDS:
+            what = "a norm-layer diff" if p.kind == "norm" else "a modulation diff (diff_m)"
+            self.ignore(m.keys, f"{what}; diffusers does not apply these", p.diffusers_module)
+            self.count(p.kind, len(m.keys))
             return ""
         if p.diffusers_module is None:
             self.drop(m.keys, "unknown_module", "not a module of a Wan transformer", p.module)
@@ -458,9 +402,10 @@ class _Converter:
             if any(k in m.params for k in LOKR_PARAMS) or any(k in m.params for k in LOHA_PARAMS):
                 lokr = any(k in m.params for k in LOKR_PARAMS)
                 dtype = _out_dtype(*(t for _k, t in m.params.values()))
-                need = _lycoris_bytes(m, torch.tensor([], dtype=dtype).element_size())
+                factors = {p: t for p, (_k, t) in m.params.items()}
+                need = lycoris_bytes(factors, torch.tensor([], dtype=dtype).element_size())
                 self._reserve(need)
-                down, up = _lokr_pair(m, alpha) if lokr else _loha_pair(m, alpha)
+                down, up = lokr_pair(factors, alpha) if lokr else loha_pair(factors, alpha)
                 down, up = down.to(dtype), up.to(dtype)
                 self.count("lokr" if lokr else "loha")
                 self.counts.setdefault("lycoris_rank", 0)
@@ -473,12 +418,12 @@ class _Converter:
                 if scales is not None and alpha is None:
                     scale = scales(dmod, rank)
                 if scale != 1.0:
-                    down = (_float(down) * scale).to(down.dtype)
+                    down = (down.to(torch.float32) * scale).to(down.dtype)
             elif m.get("diff") is not None:
                 diff = m.get("diff")
                 assert diff is not None
                 self._reserve(2 * diff.numel() * diff.element_size())
-                down, up = _full_rank_pair(diff)
+                down, up = full_rank_pair(diff)
                 self.count("diff")
             elif bias is not None:
                 n_in = self.in_features(dmod) if self.in_features is not None else None
@@ -533,6 +478,11 @@ class _Converter:
                 f"{c['norm']} norm-layer diff tensor(s) were left out: diffusers does not apply them "
                 "(in the published lightx2v files they are zero)."
             )
+        if c.get("modulation"):
+            notes.append(
+                f"{c['modulation']} modulation diff tensor(s) (diff_m) were left out: diffusers does not "
+                "apply them."
+            )
         if c.get("lokr") or c.get("loha"):
             kind = "LoKr" if c.get("lokr") else "LoHa"
             n = c.get("lokr", 0) + c.get("loha", 0)
@@ -554,15 +504,17 @@ def convert_lora(
     metadata: Mapping[str, str] | None = None,
     in_features: InFeatures | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    expert: str | None = None,
 ) -> ConversionResult:
     """Convert a LoRA state dict to diffusers' PEFT layout, reporting what was left out.
 
     ``metadata`` is the file's safetensors metadata (diffusers-format files keep
     their ``lora_alpha`` there). ``in_features(module)`` tells the input size of a
     diffusers module of the target model; it is only needed for bias-only
-    ``.diff_b`` entries (without it they are dropped).
+    ``.diff_b`` entries (without it they are dropped). ``expert`` (``"high"``/``"low"``)
+    picks the half of a two-expert file; other files ignore it.
     """
-    return _Converter(state_dict, metadata, in_features, max_bytes).run()
+    return _Converter(state_dict, metadata, in_features, max_bytes, expert).run()
 
 
 def to_diffusers_state_dict(

@@ -28,23 +28,42 @@ from studio.loras.keys import (
     LOKR_PARAMS,
     LORA_DOWN,
     LORA_UP,
+    PARAMETER_KINDS,
+    Expert,
     ParsedKey,
     dim_votes,
     model_name_for_dim,
     parse_key,
 )
+from studio.loras.names import expert_from_name, pair_candidates, task_from_name
 from studio.loras.safetensors_io import SafetensorsHeader, read_header, read_tensors
 
 Layout = Literal[
-    "diffusers", "original", "lightx2v", "musubi", "no_prefix", "lokr", "loha", "dora", "mixed", "unknown"
+    "diffusers",
+    "original",
+    "lightx2v",
+    "musubi",
+    "videox_fun",
+    "diffsynth",
+    "peft_wan",
+    "ai_toolkit",
+    "no_prefix",
+    "lokr",
+    "loha",
+    "dora",
+    "mixed",
+    "unknown",
 ]
-Expert = Literal["high", "low"]
 
 LAYOUT_LABELS: dict[str, str] = {
     "diffusers": "diffusers / PEFT",
     "original": "original Wan / ComfyUI",
     "lightx2v": "lightx2v-style (with diff / diff_b tensors)",
     "musubi": "musubi-tuner / Kohya",
+    "videox_fun": "VideoX-Fun (lora_unet__…)",
+    "diffsynth": "DiffSynth-Studio (PEFT adapter names)",
+    "peft_wan": "PEFT save of Wan's own module names",
+    "ai_toolkit": "ai-toolkit (both experts in one file)",
     "no_prefix": "keys without a prefix",
     "lokr": "LyCORIS LoKr",
     "loha": "LyCORIS LoHa",
@@ -150,8 +169,10 @@ class LoraInfo(BaseModel):
     base_model: str | None = None
 
     expert_hint: Expert | None = None
-    expert_hint_source: Literal["file name", "metadata", "sibling file"] | None = None
+    expert_hint_source: Literal["file name", "metadata", "sibling file", "keys"] | None = None
     pair_file: str | None = None
+    # The experts a two-expert file (ai-toolkit's transformer_1/transformer_2) holds a half for.
+    experts_in_file: list[Expert] = []
 
     title: str | None = None
     trigger_words: list[str] = []
@@ -161,55 +182,8 @@ class LoraInfo(BaseModel):
 
 
 # ---------------------------------------------------------------------------
-# Expert hints (high-noise / low-noise) from names
+# Expert hints from sibling files and metadata
 # ---------------------------------------------------------------------------
-
-# A high/low word in a file name, delimited by separators, digits, case changes or the ends.
-_EXPERT_WORD_RE = re.compile(
-    r"(?:^|(?<=[^A-Za-z])|(?<=[a-z0-9])(?=[A-Z]))"
-    r"(?P<word>(?:high|low)(?:[_\- ]?noise)?|(?:HIGH|LOW)(?:[_\- ]?NOISE)?|(?:High|Low)(?:[_\- ]?Noise)?)"
-    r"(?=$|[^A-Za-z]|[A-Z][a-z])"
-)
-# A one- or two-letter marker ("lora_H", "x_LN_v2") between separators.
-_EXPERT_LETTER_RE = re.compile(r"(?:^|(?<=[_\-. ]))(?P<word>HN|LN|H|L)(?=$|[_\-. ])")
-
-
-def _expert_words(text: str, *, letters_anywhere: bool = False) -> list[tuple[Expert, re.Match[str]]]:
-    """High/low markers in ``text``; single letters count only at the end unless ``letters_anywhere``."""
-    found: list[tuple[Expert, re.Match[str]]] = []
-    for m in _EXPERT_WORD_RE.finditer(text):
-        found.append(("high" if m.group("word")[0] in "hH" else "low", m))
-    for m in _EXPERT_LETTER_RE.finditer(text):
-        if m.start() > 0 and (letters_anywhere or m.end() == len(text)):
-            found.append(("high" if m.group("word")[0] == "H" else "low", m))
-    return found
-
-
-def expert_from_name(name: str) -> Expert | None:
-    """``'high'``/``'low'`` when a file name (without suffix) says which expert it is for."""
-    kinds = {kind for kind, _ in _expert_words(name)}
-    return kinds.pop() if len(kinds) == 1 else None
-
-
-def _swap_word(word: str) -> str:
-    table = {"high": "low", "low": "high", "HIGH": "LOW", "LOW": "HIGH", "High": "Low", "Low": "High"}
-    for src, dst in table.items():
-        if word.startswith(src):
-            return dst + word[len(src) :]
-    return {"H": "L", "L": "H", "HN": "LN", "LN": "HN"}.get(word, word)
-
-
-def pair_candidates(name: str) -> list[tuple[Expert, str]]:
-    """(this file's expert, the partner's name) for each high/low marker of ``name`` (suffix removed)."""
-    out = []
-    for kind, m in _expert_words(name, letters_anywhere=True):
-        out.append((kind, name[: m.start()] + _swap_word(m.group("word")) + name[m.end() :]))
-    return out
-
-
-def expert_markers(name: str) -> list[tuple[Expert, int, int]]:
-    """(expert, start, end) of each high/low marker in ``name``, in :func:`pair_candidates` order."""
-    return [(kind, m.start(), m.end()) for kind, m in _expert_words(name, letters_anywhere=True)]
 
 
 def _sibling_hint(path: Path) -> tuple[Expert | None, str | None]:
@@ -365,13 +339,35 @@ def _layout(parsed: list[ParsedKey]) -> tuple[Layout, str | None, str | None]:
         return "loha", naming, prefix
     if "dora_scale" in params or "lora_magnitude_vector" in params:
         return "dora", naming, prefix
+    if any(p.expert for p in parsed):
+        return "ai_toolkit", naming, prefix
     if naming == "musubi":
-        return "musubi", naming, prefix
+        return ("videox_fun" if prefix == "lora_unet__" else "musubi"), naming, prefix
+    if any(p.adapter for p in parsed):
+        return "diffsynth", naming, prefix
+    if prefix == "base_model.model." and naming == "original":
+        return "peft_wan", naming, prefix
     if prefix == "":
         return "no_prefix", naming, prefix
     if naming == "original" and params & {"diff", "diff_b"}:
         return "lightx2v", naming, prefix
     return naming, naming, prefix  # "diffusers" or "original"
+
+
+def _task_from_metadata(metadata: Mapping[str, str]) -> Literal["i2v", "t2v"] | None:
+    for key in (
+        "studio.task",
+        "ss_base_model_version",
+        "modelspec.architecture",
+        "ss_dit",
+        "ss_sd_model_name",
+    ):
+        value = metadata.get(key)
+        if value:
+            task = task_from_name(Path(value.replace("\\", "/")).name)
+            if task:
+                return task
+    return None
 
 
 def _round(x: float) -> float:
@@ -396,12 +392,13 @@ def summarise(
             parsed.append(p)
     layout, naming, prefix = _layout(parsed)
 
-    modules: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
-    diffusers_names: dict[tuple[str, str], str | None] = {}
-    kinds: dict[tuple[str, str], str] = {}
-    block_of: dict[tuple[str, str], int | None] = {}
+    ModuleKey = tuple[str, str, str | None]
+    modules: dict[ModuleKey, dict[str, tuple[int, ...]]] = {}
+    diffusers_names: dict[ModuleKey, str | None] = {}
+    kinds: dict[ModuleKey, str] = {}
+    block_of: dict[ModuleKey, int | None] = {}
     for p in parsed:
-        mkey = (p.naming, p.module)
+        mkey = (p.naming, p.module, p.expert)
         modules.setdefault(mkey, {})[p.param] = header.tensors[p.key].shape
         diffusers_names[mkey] = p.diffusers_module
         kinds[mkey] = p.kind
@@ -420,9 +417,9 @@ def summarise(
         fan_in, fan_out, rank = _module_io(params)
         has_weight = (
             any(p in params for p in (*LORA_DOWN, *LORA_UP, "diff", *LOKR_PARAMS, *LOHA_PARAMS))
-            and kinds[mkey] != "norm"
+            and kinds[mkey] not in PARAMETER_KINDS
         )
-        if has_weight or ("diff_b" in params and kinds[mkey] != "norm"):
+        if has_weight or ("diff_b" in params and kinds[mkey] not in PARAMETER_KINDS):
             lora_modules += 1
             kind_modules[kinds[mkey]] += 1
             block = block_of[mkey]
@@ -434,7 +431,7 @@ def summarise(
             weight_modules += 1
             if "diff_b" in params:
                 diff_b_modules += 1
-        if rank and kinds[mkey] != "norm" and "diff" not in params:
+        if rank and kinds[mkey] not in PARAMETER_KINDS and "diff" not in params:
             ranks[rank] += 1
         dmod = diffusers_names[mkey]
         if dmod:
@@ -473,9 +470,20 @@ def summarise(
     if expert is None:
         expert = _expert_from_metadata(meta)
         source = "metadata" if expert else None
-    sibling_hint, pair_file = _sibling_hint(path)
+    experts_in_file = sorted({p.expert for p in parsed if p.expert}, key=("high", "low").index)
+    if experts_in_file:  # the keys say it: one half only, or both (then the file is for both experts)
+        expert = experts_in_file[0] if len(experts_in_file) == 1 else None
+        source = "keys" if expert else None
+        notes.append(
+            "It holds both experts in one file (transformer_1 = high noise, transformer_2 = low noise): "
+            "each half lands on its own expert."
+            if len(experts_in_file) == 2
+            else f"It holds only the {expert}-noise half of a two-expert (ai-toolkit) file."
+        )
+    sibling_hint, pair_file = _sibling_hint(path) if not experts_in_file else (None, None)
     if expert is None and sibling_hint is not None:
         expert, source = sibling_hint, "sibling file"
+    task = task_from_name(path.stem) or _task_from_metadata(meta) or ("i2v" if image_attention else None)
 
     return LoraInfo(
         path=str(path),
@@ -487,7 +495,7 @@ def summarise(
         naming=naming,  # type: ignore[arg-type]
         key_prefix=prefix,
         dora=any(p.param in ("dora_scale", "lora_magnitude_vector") for p in parsed),
-        has_diff=any(p.param == "diff" and p.kind != "norm" for p in parsed),
+        has_diff=any(p.param == "diff" and p.kind not in PARAMETER_KINDS for p in parsed),
         has_diff_b=diff_b_modules > 0,
         diff_b_partial=0 < diff_b_modules < weight_modules,
         num_tensors=len(header.tensors),
@@ -507,11 +515,12 @@ def summarise(
         model_dim=model_dim,
         ffn_dim=ffn_dims.most_common(1)[0][0] if ffn_dims else None,
         image_attention=image_attention,
-        task="i2v" if image_attention else None,
+        task=task,
         base_model=model_name_for_dim(model_dim, image_attention=image_attention),
         expert_hint=expert,
         expert_hint_source=source,  # type: ignore[arg-type]
         pair_file=pair_file,
+        experts_in_file=experts_in_file,
         title=title,
         trigger_words=triggers,
         tags=tags,

@@ -5,10 +5,17 @@ Wan LoRAs come with three module *namings* and a handful of *prefixes*:
 * diffusers/PEFT naming (``blocks.0.attn1.to_q``), prefixed ``transformer.`` or
   ``base_model.model.`` (or nothing);
 * the original Wan / ComfyUI naming (``blocks.0.self_attn.q``), prefixed
-  ``diffusion_model.`` or ``model.diffusion_model.`` (or nothing);
+  ``diffusion_model.`` or ``model.diffusion_model.`` (or nothing), also by PEFT saves of
+  Wan's own modules (``base_model.model.blocks.39.ffn.0``) and by ai-toolkit files that
+  hold both experts (``diffusion_model.transformer_1.`` = high noise, ``transformer_2.`` =
+  low noise: :attr:`ParsedKey.expert`);
 * musubi-tuner / Kohya naming (``lora_unet_blocks_0_self_attn_q``), also used by
-  LyCORIS files (``lycoris_blocks_0_self_attn_q``); parsed here into the original
-  dotted naming.
+  LyCORIS files (``lycoris_blocks_0_self_attn_q``) and VideoX-Fun (``lora_unet__blocks_0_…``,
+  a double underscore); parsed here into the original dotted naming.
+
+PEFT's adapter name inside a parameter (DiffSynth-Studio: ``….lora_A.default.weight``) is
+read as the plain parameter (:attr:`ParsedKey.adapter` keeps the name). lightx2v's per-block
+``diff_m`` is the diff of the block's modulation (``blocks.N.modulation``).
 
 :func:`parse_key` splits a key into prefix, module and parameter
 (``lora_A.weight``, ``alpha``, ``diff_b``, ``lokr_w1`` …) and maps the module to its
@@ -25,8 +32,20 @@ from pydantic import BaseModel, ConfigDict
 
 Naming = Literal["diffusers", "original", "musubi"]
 ModuleKind = Literal[
-    "self_attn", "cross_attn", "image_cross_attn", "ffn", "embeddings", "head", "norm", "other"
+    "self_attn",
+    "cross_attn",
+    "image_cross_attn",
+    "ffn",
+    "embeddings",
+    "image_embeddings",
+    "head",
+    "norm",
+    "modulation",
+    "other",
 ]
+Expert = Literal["high", "low"]
+# Kinds whose diffs diffusers does not apply (norm weights, modulation tables): left out on purpose.
+PARAMETER_KINDS = ("norm", "modulation")
 SkipKind = Literal["unknown_module", "shape_mismatch", "unsupported_layout"]
 
 # Parameter names after the module name; longer names first so "lokr_w1_a" wins over "lokr_w1".
@@ -108,7 +127,15 @@ DIFFUSERS_CONVERTIBLE_TOP = {
 }
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
-_MUSUBI_PREFIXES = ("lora_unet_", "lycoris_")
+# "lora_unet__" (VideoX-Fun) before "lora_unet_" (musubi / Kohya).
+_MUSUBI_PREFIXES = ("lora_unet__", "lora_unet_", "lycoris_")
+# ai-toolkit with split_multistage_loras: false: both experts in one file.
+EXPERT_PREFIXES: dict[str, Expert] = {
+    "diffusion_model.transformer_1.": "high",
+    "diffusion_model.transformer_2.": "low",
+}
+# PEFT's adapter name inside a parameter name: "lora_A.default.weight" (DiffSynth-Studio).
+_ADAPTER_PARAM_RE = re.compile(r"^(?P<module>.+)\.(?P<ab>lora_[AB])\.(?P<adapter>[A-Za-z0-9_\-]+)\.weight$")
 _MUSUBI_BLOCK_RE = re.compile(
     r"^blocks_(\d+)_(?:(self_attn|cross_attn)_(q|k|v|o|k_img|v_img|norm_q|norm_k|norm_k_img)"
     r"|ffn_(0|2)|(norm1|norm2|norm3|modulation))$"
@@ -151,6 +178,8 @@ class ParsedKey:
     diffusers_module: str | None
     block: int | None
     kind: ModuleKind
+    expert: Expert | None = None  # the expert a two-expert (ai-toolkit) file names for this key
+    adapter: str | None = None  # PEFT's adapter name inside the parameter ("default"), if any
 
 
 def split_param(key: str) -> tuple[str, str] | None:
@@ -169,6 +198,8 @@ def module_kind(diffusers_module: str | None) -> ModuleKind:
     inner = m.group(2) if m else diffusers_module
     if "norm" in inner.split(".")[-1]:
         return "norm"
+    if inner == "scale_shift_table":
+        return "modulation"
     if m:
         if inner.startswith("attn1."):
             return "self_attn"
@@ -179,6 +210,8 @@ def module_kind(diffusers_module: str | None) -> ModuleKind:
         if inner.startswith("ffn."):
             return "ffn"
         return "other"
+    if inner.startswith("condition_embedder.image_embedder."):
+        return "image_embeddings"
     if inner.startswith(("condition_embedder.", "patch_embedding")):
         return "embeddings"
     if inner == "proj_out":
@@ -219,14 +252,32 @@ def _block_of(module: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _naming_of(module: str) -> Naming | None:
+    """The naming of a module name without a telling prefix (``None``: not a Wan module name)."""
+    original = original_to_diffusers(module) is not None or _ORIGINAL_HINTS.search(module)
+    if original and not _DIFFUSERS_HINTS.search(module):
+        return "original"
+    if _DIFFUSERS_HINTS.search(module) or module.startswith("blocks."):
+        return "diffusers"
+    return None
+
+
 def parse_key(key: str) -> ParsedKey | None:
     """Parse a LoRA tensor name; ``None`` when it is not one the studio knows."""
-    split = split_param(key)
-    if split is None:
-        return None
-    raw_module, param = split
+    adapter = None
+    if key.endswith(".diff_m"):  # lightx2v: the diff of a block's modulation table
+        raw_module, param = key[: -len(".diff_m")] + ".modulation", "diff"
+    elif (am := _ADAPTER_PARAM_RE.match(key)) and am.group("adapter") != "weight":
+        raw_module, param, adapter = am.group("module"), f"{am.group('ab')}.weight", am.group("adapter")
+    else:
+        split = split_param(key)
+        if split is None:
+            return None
+        raw_module, param = split
 
-    def make(naming: Naming, prefix: str, module: str, diffusers: str | None) -> ParsedKey:
+    def make(
+        naming: Naming, prefix: str, module: str, diffusers: str | None, expert: Expert | None = None
+    ) -> ParsedKey:
         return ParsedKey(
             key=key,
             naming=naming,
@@ -236,6 +287,8 @@ def parse_key(key: str) -> ParsedKey | None:
             diffusers_module=diffusers,
             block=_block_of(module),
             kind=module_kind(diffusers),
+            expert=expert,
+            adapter=adapter,
         )
 
     for prefix in _MUSUBI_PREFIXES:
@@ -245,20 +298,50 @@ def parse_key(key: str) -> ParsedKey | None:
             if original is None:
                 return None
             return make("musubi", prefix, original, original_to_diffusers(original))
+    for prefix, expert in EXPERT_PREFIXES.items():
+        if raw_module.startswith(prefix):
+            module = raw_module[len(prefix) :]
+            if _naming_of(module) == "diffusers":
+                return make("diffusers", prefix, module, module, expert)
+            return make("original", prefix, module, original_to_diffusers(module), expert)
     for prefix in ("model.diffusion_model.", "diffusion_model."):
         if raw_module.startswith(prefix):
             module = raw_module[len(prefix) :]
             return make("original", prefix, module, original_to_diffusers(module))
-    for prefix in ("transformer.", "base_model.model."):
-        if raw_module.startswith(prefix):
-            module = raw_module[len(prefix) :]
-            return make("diffusers", prefix, module, module)
+    if raw_module.startswith("transformer."):
+        module = raw_module[len("transformer.") :]
+        return make("diffusers", "transformer.", module, module)
+    if raw_module.startswith("base_model.model."):  # PEFT: diffusers names, or Wan's own module names
+        module = raw_module[len("base_model.model.") :]
+        if _naming_of(module) == "original":
+            return make("original", "base_model.model.", module, original_to_diffusers(module))
+        return make("diffusers", "base_model.model.", module, module)
     # No prefix: decide the naming from the module names.
-    if original_to_diffusers(raw_module) is not None or _ORIGINAL_HINTS.search(raw_module):
+    naming = _naming_of(raw_module)
+    if naming == "original":
         return make("original", "", raw_module, original_to_diffusers(raw_module))
-    if _DIFFUSERS_HINTS.search(raw_module) or raw_module.startswith("blocks."):
+    if naming == "diffusers":
         return make("diffusers", "", raw_module, raw_module)
     return None
+
+
+# Wan2.1 I2V's image branch (CLIP image tokens): Wan2.2 has none of these layers.
+_IMAGE_BRANCH_RE = re.compile(
+    r"^(?:blocks\.\d+\.attn2\.(?:add_k_proj|add_v_proj|norm_added_k)|condition_embedder\.image_embedder\..+)$"
+)
+
+
+def is_image_branch(module: str) -> bool:
+    """Whether a diffusers module name belongs to Wan2.1 I2V's image branch (k_img/v_img, img_emb)."""
+    return bool(_IMAGE_BRANCH_RE.match(module))
+
+
+def leftovers_note(modules: int) -> str:
+    """The note for a LoRA whose Wan2.1 I2V image-branch parts have nothing to land on."""
+    return (
+        f"Its Wan2.1 I2V image-branch parts (k_img/v_img, img_emb: {modules} module(s)) have nothing to "
+        "land on, because this model has no image attention; they were left out and everything else lands."
+    )
 
 
 # Hidden sizes of the Wan models (inner dim = heads x head_dim) -> what to call them.

@@ -11,7 +11,7 @@ in ``cache_dir``, keyed by the file's resolved path and valid while its size and
 ``mtime_ns`` are unchanged, so a rescan of unchanged files opens none of them
 (not even for the header)::
 
-    {"version": 1, "schema": "<LoraInfo fields fingerprint>",
+    {"version": 2, "schema": "<LoraInfo fields fingerprint>",
      "entries": {"/abs/a_high.safetensors": {"size": 123, "mtime_ns": 456, "info": {<LoraInfo>}},
                  "/abs/broken.safetensors": {"size": 7, "mtime_ns": 456, "ctime_ns": 789,
                                              "error": "broken.safetensors is not a valid ..."}}}
@@ -28,7 +28,7 @@ header again.
 1. their names differ only in a high/low marker — ``x_high_noise``/``x_low_noise``,
    ``x_HIGH_fp16``/``x_LOW_fp16``, ``x_high``/``x_low``, ``xHighNoise``/``xLowNoise``,
    ``x_H``/``x_L``, ``x_H_v1``/``x_L_v1``, ``x_HN``/``x_LN`` (see
-   :func:`studio.loras.inspect.pair_candidates`); or
+   :func:`studio.loras.names.pair_candidates`); or
 2. one name is the other plus a high/low marker at the end — ``run`` + ``run_low``
    (``run`` is then the high half) or ``run`` + ``run_high``; or
 3. the files say which expert they are for (``LoraInfo.expert_hint`` from their name
@@ -57,20 +57,14 @@ from pydantic import ValidationError as PydanticValidationError
 
 from studio.errors import LoraFileError, StudioError
 from studio.loras.hashing import Sha256Cache, file_sha256
-from studio.loras.inspect import (
-    Expert,
-    LoraInfo,
-    expert_from_name,
-    expert_markers,
-    inspect_lora,
-    pair_candidates,
-)
+from studio.loras.inspect import Expert, LoraInfo, inspect_lora
+from studio.loras.names import expert_from_name, expert_markers, pair_candidates
 from studio.loras.sources import list_lora_files
 from studio.media.files import write_cache_json
 from studio.stack.schema import LoraSource, StackEntry
 
 INDEX_FILE_NAME = "lora-library-index.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: new layouts (VideoX-Fun, DiffSynth, PEFT saves, ai-toolkit) and leftovers
 MAX_INDEX_ENTRIES = 20_000
 _SEPARATORS = "_-. "
 # "run" + one of these = the other half of "run" (rule 2).

@@ -30,8 +30,15 @@ from studio.errors import LoraFileError
 from studio.loras.convert import convert_lora
 from studio.loras.hashing import Sha256Cache, file_identity, remember_sha256
 from studio.loras.inspect import LoraInfo, summarise
-from studio.loras.keys import SkippedKey, describe_dim, dim_votes, model_name_for_dim
-from studio.loras.safetensors_io import read_file, read_header
+from studio.loras.keys import (
+    SkippedKey,
+    describe_dim,
+    dim_votes,
+    is_image_branch,
+    leftovers_note,
+    model_name_for_dim,
+)
+from studio.loras.safetensors_io import LoadedFile, read_file, read_header
 
 _PEFT_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_B.bias", "lora_magnitude_vector")
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
@@ -177,7 +184,11 @@ def _unknown_reason(transformer: torch.nn.Module, module: str) -> str:
 def match_report(
     converted_state_dict: Mapping[str, torch.Tensor], transformer: torch.nn.Module
 ) -> MatchReport:
-    """Check a PEFT-layout LoRA state dict against ``transformer``, module by module."""
+    """Check a PEFT-layout LoRA state dict against ``transformer``, module by module.
+
+    Wan2.1 I2V image-branch modules (k_img/v_img, img_emb) on a model without them are
+    leftovers, not misses: they go to ``ignored`` and do not count against the match.
+    """
     model_dim = model_dim_of(transformer)
     lora_dim = lora_dim_of(converted_state_dict)
     image_attention = any(".add_k_proj." in k or ".add_v_proj." in k for k in converted_state_dict)
@@ -206,6 +217,18 @@ def match_report(
         modules.setdefault(s[0], {})[s[1]] = key
 
     matched: list[str] = []
+    ignored: list[SkippedKey] = []
+    leftovers = 0
+    for name, params in list(modules.items()):
+        if is_image_branch(name) and _find(transformer, name) is None:
+            leftovers += 1
+            del modules[name]
+            ignored += [
+                SkippedKey(
+                    key=key, module=name, kind="unknown_module", reason=_unknown_reason(transformer, name)
+                )
+                for key in params.values()
+            ]
     for name, params in modules.items():
 
         def skip(kind: str, reason: str, params=params, name=name) -> None:
@@ -259,8 +282,10 @@ def match_report(
         percent=percent,
         matched=sorted(matched),
         skipped=skipped,
+        ignored=ignored,
         lora_dim=lora_dim,
         model_dim=model_dim,
+        notes=[leftovers_note(leftovers)] if leftovers else [],
     )
 
 
@@ -279,6 +304,12 @@ def _nothing_matches(name: str, info: LoraInfo, report: MatchReport) -> LoraFile
             f"{model_dim} ({model_name}). Choose a LoRA made for {model_name}, or load the model this LoRA "
             "was made for."
         )
+    if report.total_modules == 0 and any(is_image_branch(_module_of(s)) for s in report.ignored):
+        return LoraFileError(
+            f"{name} would change nothing on this model: it only targets Wan2.1 I2V image attention "
+            "(k_img/v_img, img_emb), which the loaded model does not have. Choose a LoRA made for "
+            f"{model_name}."
+        )
     if report.total_modules == 0:
         return LoraFileError(
             f"{name} would change nothing on this model: it holds no LoRA weights the studio can apply "
@@ -296,22 +327,24 @@ def _nothing_matches(name: str, info: LoraInfo, report: MatchReport) -> LoraFile
     )
 
 
-def prepare_lora(
-    path: str | Path,
-    transformer: torch.nn.Module,
-    *,
-    cache_dir: str | Path | None = None,
-    hash_file: bool = True,
-) -> PreparedLora:
-    """Read, inspect, convert and match a LoRA file for ``transformer``.
+@dataclass
+class LoraFile:
+    """A LoRA file read once (tensors, inspection, sha256), ready to be prepared for one or two experts."""
 
-    Returns the PEFT-layout state dict with everything that would not land removed,
-    the match report, the file's :class:`LoraInfo`, and ``needs_full_load`` (pass
-    ``low_cpu_mem_usage=False`` to ``load_lora_weights``; see
-    :attr:`PreparedLora.load_kwargs`). The file's sha256 is computed from the bytes
-    read for loading (``hash_file``) and cached in ``cache_dir`` when given.
-    Raises :class:`LoraFileError` when the file cannot be read safely or would
-    change nothing on this model.
+    path: Path
+    loaded: LoadedFile
+    info: LoraInfo
+
+    @property
+    def two_experts(self) -> bool:
+        """Whether the file holds a half per expert (ai-toolkit), so each expert needs its own preparation."""
+        return len(self.info.experts_in_file) == 2
+
+
+def read_lora(path: str | Path, *, cache_dir: str | Path | None = None, hash_file: bool = True) -> LoraFile:
+    """Read a LoRA file once, safely, with its inspection (and sha256, cached in ``cache_dir``).
+
+    Raises :class:`LoraFileError` when it cannot be read safely or is not a Wan LoRA at all.
     """
     path = Path(path)
     header = read_header(path)
@@ -331,10 +364,20 @@ def prepare_lora(
         remember_sha256(path, loaded.sha256, cache_dir=cache_dir, identity=identity)
     scalars = {k: t for k, t in loaded.tensors.items() if k.endswith(".alpha") and t.numel() <= 16}
     info = summarise(path, loaded.header, scalars, sha256=sha)
+    return LoraFile(path=path, loaded=loaded, info=info)
 
+
+def prepare_loaded(
+    lora: LoraFile, transformer: torch.nn.Module, *, expert: str | None = None
+) -> PreparedLora:
+    """Convert and match a file read by :func:`read_lora` for ``transformer`` (see :func:`prepare_lora`)."""
+    path, loaded, info = lora.path, lora.loaded, lora.info
     try:
         conversion = convert_lora(
-            loaded.tensors, metadata=loaded.header.metadata, in_features=in_features_lookup(transformer)
+            loaded.tensors,
+            metadata=loaded.header.metadata,
+            in_features=in_features_lookup(transformer),
+            expert=expert,
         )
     except LoraFileError:
         raise
@@ -351,12 +394,18 @@ def prepare_lora(
             "total_modules": total,
             "percent": round(100.0 * report.matched_modules / total, 2) if total else 0.0,
             "skipped": [*conversion.dropped, *report.skipped],
-            "ignored": list(conversion.ignored),
-            "notes": list(conversion.notes),
+            "ignored": [*conversion.ignored, *report.ignored],
+            "notes": [*conversion.notes, *report.notes],
             "lora_dim": report.lora_dim or info.model_dim,
         }
     )
     if report.matched_modules == 0:
+        if expert and info.experts_in_file and expert not in info.experts_in_file:
+            raise LoraFileError(
+                f"{path.name} holds only the {info.experts_in_file[0]}-noise half of a two-expert file, so it "
+                f"would change nothing on the {expert}-noise expert; put it on the "
+                f"{info.experts_in_file[0]}-noise expert."
+            )
         raise _nothing_matches(path.name, info, report)
 
     keep = set(report.matched)
@@ -376,7 +425,7 @@ def prepare_lora(
             up = state_dict[f"transformer.{module}.lora_B.weight"]
             state_dict[f"transformer.{module}.lora_B.bias"] = torch.zeros(up.shape[0], dtype=up.dtype)
 
-    notes = list(conversion.notes)
+    notes = list(report.notes)
     if report.matched_modules < report.total_modules:
         notes.append(
             f"{report.total_modules - report.matched_modules} of {report.total_modules} LoRA modules of "
@@ -385,3 +434,26 @@ def prepare_lora(
     return PreparedLora(
         state_dict=state_dict, report=report, info=info, needs_full_load=needs_full_load, notes=notes
     )
+
+
+def prepare_lora(
+    path: str | Path,
+    transformer: torch.nn.Module,
+    *,
+    cache_dir: str | Path | None = None,
+    hash_file: bool = True,
+    expert: str | None = None,
+) -> PreparedLora:
+    """Read, inspect, convert and match a LoRA file for ``transformer``.
+
+    Returns the PEFT-layout state dict with everything that would not land removed,
+    the match report, the file's :class:`LoraInfo`, and ``needs_full_load`` (pass
+    ``low_cpu_mem_usage=False`` to ``load_lora_weights``; see
+    :attr:`PreparedLora.load_kwargs`). The file's sha256 is computed from the bytes
+    read for loading (``hash_file``) and cached in ``cache_dir`` when given.
+    ``expert`` (``"high"``/``"low"``) picks the half of a two-expert (ai-toolkit) file.
+    Raises :class:`LoraFileError` when the file cannot be read safely or would
+    change nothing on this model.
+    """
+    lora = read_lora(path, cache_dir=cache_dir, hash_file=hash_file)
+    return prepare_loaded(lora, transformer, expert=expert)

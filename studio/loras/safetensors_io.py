@@ -213,15 +213,36 @@ def _parse_header(path: Path, raw: bytes, header_size: int, file_size: int) -> S
     return SafetensorsHeader(tensors=tensors, metadata=metadata, file_size=file_size, header_size=header_size)
 
 
-def header_size_from_prefix(path: Path, head: bytes, file_size: int) -> int:
-    """The header length from a file's first 8 bytes, after the checks every reader makes.
+def _is_safetensors_prefix(head: bytes, file_size: int) -> bool:
+    """A sane header length (2 bytes at least, within the cap and the file) followed by ``{``.
 
-    Refuses a short file, a pickle renamed to .safetensors, a header over the 100 MB cap and
-    a header longer than the file (``file_size`` is the whole file's size, local or remote).
+    Only the first 8 bytes are needed for the length; the ``{`` is checked when ``head`` has a 9th byte.
+    """
+    if len(head) < 8:
+        return False
+    header_size = int.from_bytes(head[:8], "little")
+    if not 2 <= header_size <= MAX_HEADER_BYTES or 8 + header_size > file_size:
+        return False
+    return len(head) < 9 or head[8:9] == b"{"
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    """A zip (torch.save's format) or a pickle stream (protocol 2+ starts with 0x80)."""
+    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
+def header_size_from_prefix(path: Path, head: bytes, file_size: int) -> int:
+    """The header length from a file's first bytes, after the checks every reader makes.
+
+    ``head`` is the file's first 8 bytes or more (with a 9th byte the header must start with ``{``).
+    Refuses a short file, a pickle renamed to .safetensors, a header over the 100 MB cap and a header
+    longer than the file (``file_size`` is the whole file's size, local or remote). Pickles and zips are
+    sniffed only when the prefix is not a valid safetensors prefix: a valid file whose header length is
+    ≡ 128 (mod 256) starts with the byte 0x80 too.
     """
     if len(head) < 8:
         raise _broken(path, f"it is only {len(head)} bytes long (the download was probably cut off)")
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    if not _is_safetensors_prefix(head, file_size) and _looks_like_pickle(head):
         raise LoraFileError(
             f"{path.name} is a PyTorch pickle file renamed to .safetensors; the studio does not load "
             "pickles because they can run code. Get the real .safetensors version of this LoRA."
@@ -244,8 +265,9 @@ def header_size_from_prefix(path: Path, head: bytes, file_size: int) -> int:
 def _read_header_from(f, path: Path, hasher=None) -> SafetensorsHeader:
     file_size = os.fstat(f.fileno()).st_size
     head = f.read(8)
-    header_size = header_size_from_prefix(path, head, file_size)
-    raw = f.read(header_size)
+    first = f.read(1)  # the header's first byte: "{" in every safetensors file
+    header_size = header_size_from_prefix(path, head + first, file_size)
+    raw = first + f.read(header_size - len(first)) if header_size else b""
     if len(raw) < header_size:
         raise _broken(path, "the file ended inside its header (it changed while being read)")
     if hasher is not None:

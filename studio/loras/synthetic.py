@@ -22,6 +22,17 @@ Layouts (``layout=``):
 ``loha``                    ``lycoris_blocks_0_self_attn_q.hada_w1_a`` … ``hada_w2_b``
 ``dora``                    original + ``.dora_scale``
 ``i2v``                     original + Wan2.1 I2V ``cross_attn.k_img`` / ``v_img``
+``videox_fun``              ``lora_unet__blocks_0_self_attn_q.lora_down.weight`` + ``.alpha``
+                            (VideoX-Fun: a double underscore; attention only by default and
+                            ``alpha = rank / 2``, like the Wan2.2 Fun reward LoRAs)
+``diffsynth``               ``blocks.0.self_attn.q.lora_A.default.weight`` (DiffSynth-Studio)
+``peft_wan``                ``base_model.model.blocks.0.ffn.0.lora_A.weight`` (PEFT save)
+``ai_toolkit``              ``diffusion_model.transformer_1.blocks.0.self_attn.q.lora_A.weight``
+                            and the same under ``transformer_2`` (both experts in one file;
+                            ``experts=("high",)`` writes one half)
+``lightx2v_i2v``            lightx2v + the Wan2.1 leftovers of the real Wan2.2 I2V files:
+                            ``cross_attn.k_img`` / ``v_img``, ``cross_attn.norm_k_img.diff``,
+                            ``img_emb.proj.*`` and a per-block ``diff_m``
 ==========================  ==========================================================
 """
 
@@ -73,7 +84,16 @@ LAYOUTS = (
     "loha",
     "dora",
     "i2v",
+    "videox_fun",
+    "diffsynth",
+    "peft_wan",
+    "ai_toolkit",
+    "lightx2v_i2v",
 )
+# ai-toolkit's prefix for each expert's half of a two-expert file.
+AI_TOOLKIT_PREFIXES = {"high": "diffusion_model.transformer_1.", "low": "diffusion_model.transformer_2."}
+# Layouts whose keys carry no .alpha (PEFT writes the scale into its config, not the file).
+_NO_ALPHA = ("peft", "no_prefix_diffusers", "diffsynth", "peft_wan")
 
 # Wan2.1 1.3B: the same block as A14B at dim 1536 (12 heads), ffn 8960, 30 layers, T2V inputs.
 WAN_1_3B_CONFIG = dict(A14B_TRANSFORMER, num_attention_heads=12, ffn_dim=8960, num_layers=30, in_channels=16)
@@ -156,6 +176,7 @@ def make_lora_tensors(
     norm_diffs: bool | None = None,
     lokr_decompose: bool = True,
     lokr_factor: int = -1,
+    experts: Iterable[str] = ("high", "low"),
 ) -> dict[str, torch.Tensor]:
     """Random LoRA tensors for ``modules`` (diffusers names) of ``blocks``, keyed in ``layout``.
 
@@ -171,12 +192,16 @@ def make_lora_tensors(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    lightx2v = layout == "lightx2v"
+    lightx2v = layout in ("lightx2v", "lightx2v_i2v")
     if naming is None:
-        naming = "lora_down" if layout in ("lightx2v", "musubi", "no_prefix") else "lora_A"
+        naming = (
+            "lora_down"
+            if layout in ("lightx2v", "lightx2v_i2v", "musubi", "no_prefix", "videox_fun")
+            else "lora_A"
+        )
     down_name, up_name = ("lora_down", "lora_up") if naming == "lora_down" else ("lora_A", "lora_B")
     if image_attention is None:
-        image_attention = layout == "i2v"
+        image_attention = layout in ("i2v", "lightx2v_i2v")
     if head_diff is None:
         head_diff = lightx2v
     if norm_diffs is None:
@@ -185,6 +210,10 @@ def make_lora_tensors(
         diff_b = "all"
     if alpha is None and layout == "musubi":
         alpha = float(rank)
+    if alpha is None and layout == "videox_fun":
+        alpha = rank / 2
+    if modules is None and layout == "videox_fun":
+        modules = list(ATTN_MODULES)
 
     shapes = module_shapes(config, image_attention=True)
     top_shapes = top_level_shapes(config)
@@ -197,25 +226,32 @@ def make_lora_tensors(
     def randn(*shape: int) -> torch.Tensor:
         return (torch.randn(*shape, generator=gen) * scale).to(dtype)
 
-    def name(block: int | None, module: str) -> str:
+    def name(block: int | None, module: str, expert: str | None) -> str:
         """The module part of a key in this layout."""
         if layout in ("peft", "no_prefix_diffusers"):
             inner = module if block is None else f"blocks.{block}.{module}"
             return inner if layout == "no_prefix_diffusers" else f"transformer.{inner}"
         orig = _original_name(module)
         inner = orig if block is None else f"blocks.{block}.{orig}"
-        if layout in ("musubi", "lokr", "loha"):
-            prefix = "lora_unet_" if layout == "musubi" else "lycoris_"
+        if layout in ("musubi", "lokr", "loha", "videox_fun"):
+            prefix = {"musubi": "lora_unet_", "videox_fun": "lora_unet__"}.get(layout, "lycoris_")
             return prefix + inner.replace(".", "_")
-        if layout == "no_prefix":
+        if layout in ("no_prefix", "diffsynth"):
             return inner
+        if layout == "peft_wan":
+            return f"base_model.model.{inner}"
+        if expert is not None:
+            return AI_TOOLKIT_PREFIXES[expert] + inner
         return f"diffusion_model.{inner}"
 
+    if layout == "diffsynth":  # PEFT's adapter name inside the parameter
+        down_name, up_name = f"{down_name}.default", f"{up_name}.default"
+    halves: list[str | None] = list(experts) if layout == "ai_toolkit" else [None]
     tensors: dict[str, torch.Tensor] = {}
-    targets = [(b, m, shapes[m]) for b in blocks for m in module_list]
-    targets += [(None, m, top_shapes[m]) for m in top_level]
-    for index, (block, module, (fan_in, fan_out)) in enumerate(targets):
-        key = name(block, module)
+    targets = [(h, b, m, shapes[m]) for h in halves for b in blocks for m in module_list]
+    targets += [(h, None, m, top_shapes[m]) for h in halves for m in top_level]
+    for index, (half, block, module, (fan_in, fan_out)) in enumerate(targets):
+        key = name(block, module, half)
         if layout == "lokr":
             out_l, out_k = factorization(fan_out, lokr_factor)
             in_m, in_n = factorization(fan_in, lokr_factor)
@@ -233,7 +269,7 @@ def make_lora_tensors(
         else:
             tensors[f"{key}.{down_name}.weight"] = randn(rank, fan_in)
             tensors[f"{key}.{up_name}.weight"] = randn(fan_out, rank)
-        if alpha is not None and layout not in ("peft", "no_prefix_diffusers"):
+        if alpha is not None and layout not in _NO_ALPHA:
             tensors[f"{key}.alpha"] = torch.tensor(float(alpha), dtype=dtype)
         if layout == "dora":
             tensors[f"{key}.dora_scale"] = (1.0 + randn(1, fan_in)).to(dtype)
@@ -252,7 +288,28 @@ def make_lora_tensors(
         tensors["diffusion_model.head.head.diff"] = randn(fan_out, fan_in)
         if head_diff_b:
             tensors["diffusion_model.head.head.diff_b"] = randn(fan_out)
+    if layout == "lightx2v_i2v":
+        tensors.update(_wan21_leftovers(config, blocks, rank, randn, dtype))
     return tensors
+
+
+def _wan21_leftovers(config: Mapping[str, Any], blocks: list[int], rank: int, randn, dtype) -> dict:
+    """What the real lightx2v Wan2.2 I2V files carry over from Wan2.1 I2V besides k_img/v_img."""
+    dim = _dim(config)
+    image_dim = int(config.get("image_dim") or 1280)
+    out: dict[str, torch.Tensor] = {}
+    for block in blocks:
+        out[f"diffusion_model.blocks.{block}.cross_attn.norm_k_img.diff"] = torch.zeros(dim, dtype=dtype)
+        out[f"diffusion_model.blocks.{block}.diff_m"] = randn(1, 6, dim)
+    prefix = "diffusion_model.img_emb.proj"
+    for index, (fan_in, fan_out) in {1: (image_dim, image_dim), 3: (image_dim, dim)}.items():
+        out[f"{prefix}.{index}.lora_down.weight"] = randn(rank, fan_in)
+        out[f"{prefix}.{index}.lora_up.weight"] = randn(fan_out, rank)
+        out[f"{prefix}.{index}.diff_b"] = randn(fan_out)
+    for index, size in {0: image_dim, 4: dim}.items():  # the two LayerNorms
+        out[f"{prefix}.{index}.diff"] = torch.zeros(size, dtype=dtype)
+        out[f"{prefix}.{index}.diff_b"] = torch.zeros(size, dtype=dtype)
+    return out
 
 
 def training_metadata(

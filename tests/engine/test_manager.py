@@ -211,12 +211,12 @@ def test_a_partly_matching_lora_loads_with_its_report(
 ):
     from studio.loras.synthetic import make_lora_tensors, write_lora
 
-    tensors = make_lora_tensors(demo_transformer_config, layout="original", image_attention=True, seed=8)
-    path = write_lora(lora_dir / "wan21_i2v.safetensors", tensors)
+    tensors = make_lora_tensors(demo_transformer_config, layout="original", blocks=[0, 1, 2], seed=8)
+    path = write_lora(lora_dir / "three_blocks.safetensors", tensors)
     manager.apply_stack(Stack(entries=[StackEntry.single(path)]))
     report = manager.reports[path.resolve()]
     assert 0 < report.percent < 100
-    assert any("k_img" in s.reason and "add_k_proj" in s.key for s in report.skipped)
+    assert any("block 2 does not exist" in s.reason for s in report.skipped)
 
 
 def test_a_pickle_file_is_refused_and_never_unpickled(manager, lora_dir):
@@ -315,3 +315,32 @@ def test_a_bf16_render_after_50_fused_weight_changes_equals_a_fresh_models(setti
     for component in ("transformer", "transformer_2"):
         _assert_same_tensors(getattr(manager.pipe, component), getattr(fresh.pipe, component).state_dict())
     assert torch.equal(latents(manager, start_image), expected)
+def test_an_ai_toolkit_two_expert_file_lands_as_a_pair(manager, lora_dir, settings, demo_transformer_config):
+    """One library item, one file read; the transformer_1 half on the high expert, transformer_2 on the low."""
+    from safetensors.torch import load_file
+
+    from studio.loras.library import LoraLibrary
+    from studio.loras.synthetic import write_layout
+
+    path = write_layout(
+        lora_dir / "both_experts.safetensors", demo_transformer_config, "ai_toolkit", scale=0.2
+    )
+    raw = load_file(str(path))
+    (item,) = LoraLibrary([lora_dir], settings.cache_dir).scan()
+    assert item.kind == "single" and item.expert is None and item.info.experts_in_file == ["high", "low"]
+    entry = item.to_stack_entry(1.0, 0.5)
+    assert entry.high == entry.low and entry.high.path == str(path.resolve())
+    reads = manager.lora_file_reads
+    manager.apply_stack(Stack(entries=[entry]))
+    assert manager.lora_file_reads == reads + 1
+    x = torch.randn(3, 24, generator=torch.Generator().manual_seed(1))
+    for component, prefix, weight in (
+        ("transformer", "diffusion_model.transformer_1", 1.0),
+        ("transformer_2", "diffusion_model.transformer_2", 0.5),
+    ):
+        layer = getattr(manager.pipe, component).get_submodule("blocks.1.attn2.to_k")
+        down = raw[f"{prefix}.blocks.1.cross_attn.k.lora_A.weight"].double()
+        up = raw[f"{prefix}.blocks.1.cross_attn.k.lora_B.weight"].double()
+        with torch.no_grad():
+            got = (layer(x) - layer.get_base_layer()(x)).double()
+        torch.testing.assert_close(got, weight * x.double() @ (up @ down).T, atol=2e-5, rtol=1e-4)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from studio.loras.synthetic import ALL_MODULES, IMAGE_ATTN_MODULES, TOP_MODULES
+from studio.loras.synthetic import AI_TOOLKIT_PREFIXES, ALL_MODULES, IMAGE_ATTN_MODULES, TOP_MODULES
 from studio.models.demo import TRANSFORMER_CONFIG, build_demo_pipeline
 
 
@@ -33,8 +33,11 @@ def write_raw(path: Path, header: dict | bytes, data: bytes = b"", *, header_len
     return path
 
 
-def raw_module_name(layout: str, module: str) -> str:
-    """The key prefix a synthetic file of ``layout`` uses for a diffusers module name."""
+def raw_module_name(layout: str, module: str, expert: str = "high") -> str:
+    """The key prefix a synthetic file of ``layout`` uses for a diffusers module name.
+
+    ``expert`` picks the half of an ``ai_toolkit`` file (both experts in one file).
+    """
     if layout == "peft":
         return f"transformer.{module}"
     if layout == "no_prefix_diffusers":
@@ -45,18 +48,24 @@ def raw_module_name(layout: str, module: str) -> str:
         orig = f"blocks.{block}.{table[inner]}"
     else:
         orig = table[module]
-    if layout in ("musubi", "lokr", "loha"):
-        return ("lora_unet_" if layout == "musubi" else "lycoris_") + orig.replace(".", "_")
-    if layout == "no_prefix":
+    if layout in ("musubi", "lokr", "loha", "videox_fun"):
+        prefix = {"musubi": "lora_unet_", "videox_fun": "lora_unet__"}.get(layout, "lycoris_")
+        return prefix + orig.replace(".", "_")
+    if layout in ("no_prefix", "diffsynth"):
         return orig
+    if layout == "peft_wan":
+        return f"base_model.model.{orig}"
+    if layout == "ai_toolkit":
+        return AI_TOOLKIT_PREFIXES[expert] + orig
     return f"diffusion_model.{orig}"
 
 
 def reference_delta(
-    raw: dict[str, torch.Tensor], layout: str, module: str
+    raw: dict[str, torch.Tensor], layout: str, module: str, expert: str = "high"
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """ΔW (out × in) and bias a LoRA file means for one module, computed straight from its tensors."""
-    name = raw_module_name(layout, module)
+    name = raw_module_name(layout, module, expert)
+    raw = {k.replace(".default.weight", ".weight"): v for k, v in raw.items()}  # PEFT adapter names
     get = raw.get
     alpha_t = get(f"{name}.alpha")
     alpha = float(alpha_t) if alpha_t is not None else None
@@ -85,10 +94,17 @@ def reference_delta(
 
 
 def assert_module_delta(
-    pipe, adapter: str, module: str, delta: torch.Tensor, bias: torch.Tensor | None, *, weight: float = 1.0
+    pipe,
+    adapter: str,
+    module: str,
+    delta: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    weight: float = 1.0,
+    component: str = "transformer",
 ) -> None:
     """With only ``adapter`` active at ``weight``, ``module(x) == base(x) + weight·(x @ ΔWᵀ + bias)``."""
-    transformer = pipe.transformer
+    transformer = getattr(pipe, component)
     transformer.set_adapters([adapter], weights=[weight])
     layer = transformer.get_submodule(module)
     base = layer.get_base_layer()

@@ -12,7 +12,7 @@ import torch
 
 from studio.errors import LoraFileError
 from studio.loras.hashing import file_sha256
-from studio.loras.library import INDEX_FILE_NAME, LibraryItem, LoraLibrary
+from studio.loras.library import INDEX_FILE_NAME, INDEX_VERSION, LibraryItem, LoraLibrary
 from studio.loras.synthetic import training_metadata, write_layout, write_lora
 from studio.stack.schema import Stack
 
@@ -79,7 +79,7 @@ def test_rescan_of_unchanged_files_reads_no_file(tmp_path, config, roots):
     cache = tmp_path / "cache"
     first = LoraLibrary(roots, cache).scan()
     index = json.loads((cache / INDEX_FILE_NAME).read_text())
-    assert index["version"] == 1 and len(index["entries"]) == 4
+    assert index["version"] == INDEX_VERSION == 2 and len(index["entries"]) == 4
     style = roots[0] / "style.safetensors"
     entry = index["entries"][str(style.resolve())]
     assert entry["size"] == style.stat().st_size and entry["mtime_ns"] == style.stat().st_mtime_ns

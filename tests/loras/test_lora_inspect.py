@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import studio.loras.hashing as hashing
-from studio.loras.inspect import LoraInfo, expert_from_name, inspect_lora
+from studio.loras.inspect import LoraInfo, inspect_lora
+from studio.loras.names import expert_from_name
 from studio.loras.synthetic import (
     WAN_1_3B_CONFIG,
     WAN_5B_CONFIG,

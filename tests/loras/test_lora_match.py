@@ -124,29 +124,39 @@ def test_second_expert(tmp_path, config, demo_pipe, loaded, tools):
         )
 
 
-def test_wan21_i2v_lora_skips_image_attention(tmp_path, config, demo_pipe, loaded, tools, caplog):
+def test_wan21_i2v_lora_leaves_image_attention_out(tmp_path, config, demo_pipe, loaded, tools, caplog):
+    """k_img/v_img have nothing to land on in Wan2.2: leftovers (ignored), so everything else is 100%."""
     path = write_layout(tmp_path / "i2v21.safetensors", config, "i2v")
     raw = load_file(str(path))
     prepared = prepare_lora(path, demo_pipe.transformer)
     report = prepared.report
-    assert report.total_modules == 24 and report.matched_modules == 20
-    assert report.percent == pytest.approx(83.33)
-    skipped = {s.key for s in report.skipped}
-    assert skipped == {
+    assert report.total_modules == 20 and report.matched_modules == 20 and report.percent == 100.0
+    assert report.skipped == []
+    ignored = {s.key for s in report.ignored}
+    assert ignored == {
         f"transformer.blocks.{b}.attn2.{p}.lora_{ab}.weight"
         for b in (0, 1)
         for p in ("add_k_proj", "add_v_proj")
         for ab in "AB"
     }
-    assert all(s.kind == "unknown_module" and "image attention" in s.reason for s in report.skipped)
+    assert all(s.kind == "unknown_module" and "image attention" in s.reason for s in report.ignored)
     assert not any("add_k_proj" in k for k in prepared.state_dict)
-    assert any("do not fit" in n for n in prepared.notes)
+    assert any("k_img/v_img" in n and "4 module(s)" in n for n in prepared.notes)
+    assert not any("do not fit" in n for n in prepared.notes)
     with caplog.at_level(logging.WARNING):
         name = loaded(prepared)
     assert "unexpected" not in caplog.text
     delta, bias = tools.reference_delta(raw, "i2v", "blocks.1.attn2.to_k")
     tools.assert_module_delta(demo_pipe, name, "blocks.1.attn2.to_k", delta, bias)
     assert MatchReport.model_validate_json(report.model_dump_json()) == report
+
+
+def test_only_image_attention_is_refused_with_its_own_sentence(tmp_path, config, demo_pipe):
+    path = write_layout(tmp_path / "img.safetensors", config, "original", modules=[], image_attention=True)
+    with pytest.raises(
+        LoraFileError, match=r"would change nothing.*only targets Wan2\.1 I2V image attention"
+    ):
+        prepare_lora(path, demo_pipe.transformer)
 
 
 @pytest.mark.parametrize(

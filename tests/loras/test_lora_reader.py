@@ -101,6 +101,57 @@ def test_pickle_renamed_to_safetensors_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def _with_header_length(path: Path, wanted_low_byte: int, at_least: int) -> Path:
+    """A real LoRA file (safetensors' own writer) whose header length N has N % 256 == ``wanted_low_byte``."""
+    tensors = {
+        "diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.arange(48.0).reshape(2, 24),
+        "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.ones(24, 2),
+    }
+    for pad in range(at_least, at_least + 2048):
+        save_file(tensors, str(path), metadata={"pad": "x" * pad})
+        if int.from_bytes(path.read_bytes()[:8], "little") % 256 == wanted_low_byte:
+            return path
+    raise AssertionError("no padding gave the wanted header length")
+
+
+@pytest.mark.parametrize("at_least", [0, 9_000, 70_000], ids=["0x80", "0x2480", "0x1..80"])
+def test_a_header_length_ending_in_0x80_is_not_a_pickle(tmp_path, at_least):
+    """A valid file starts with its header length: 1 in 256 real LoRAs starts with the byte 0x80."""
+    path = _with_header_length(tmp_path / "lora.safetensors", 0x80, at_least)
+    assert path.read_bytes()[0] == 0x80 and path.read_bytes()[8:9] == b"{"
+    header = read_header(path)
+    assert header.header_size % 256 == 0x80 and header.header_size >= at_least
+    sd = load_state_dict(path)
+    assert torch.equal(
+        sd["diffusion_model.blocks.0.self_attn.q.lora_A.weight"], torch.arange(48.0).reshape(2, 24)
+    )
+    loaded = read_file(path, want_sha256=True)
+    import hashlib
+
+    assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    info = inspect_lora(path, hash_file=False)
+    assert info.layout == "original" and info.num_modules == 1
+
+
+def test_pickles_are_still_sniffed_when_the_prefix_is_not_safetensors(tmp_path):
+    # 0x80 0x02 + zeros is a sane length (640) inside the file, but no "{" follows: a pickle
+    sane = tmp_path / "sane_length.safetensors"
+    sane.write_bytes(b"\x80\x02" + b"\x00" * 6 + b"\x8a" + b"\x00" * 700)
+    # ...and a pickle whose first 8 bytes are no sane length at all
+    wild = tmp_path / "wild.safetensors"
+    wild.write_bytes(b"\x80\x04\x95" + b"\xff" * 64)
+    zipped = tmp_path / "zipped.safetensors"
+    zipped.write_bytes(b"PK\x03\x04" + b"\x00" * 200)
+    for path in (sane, wild, zipped):
+        with pytest.raises(LoraFileError, match=r"PyTorch pickle file renamed to \.safetensors"):
+            read_header(path)
+    # a sane length followed by "{" is read as safetensors (and judged on its JSON), not as a pickle
+    not_json = tmp_path / "not_json.safetensors"
+    not_json.write_bytes(b"\x80\x00\x00\x00\x00\x00\x00\x00" + b"{" + b"\x00" * 200)
+    with pytest.raises(LoraFileError, match="not a valid safetensors file: its header is not"):
+        read_header(not_json)
+
+
 def test_other_suffix_is_refused(tmp_path):
     path = _good(tmp_path / "good.safetensors").rename(tmp_path / "lora.gguf")
     with pytest.raises(LoraFileError) as exc:
