@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, StepEvent
+from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, RenderResult, StepEvent
 from studio.engine.memory import MemoryConfig, effective_mode
 from studio.engine.zerogpu import gpu_seconds, on_gpu
 from studio.errors import LoraFileError, OutOfMemory
 from studio.hub.client import HubClient
+from studio.hub.resolve import HubContext, fit_of, is_repo_source, resolve_stack
 from studio.loras.compat import Compat, check_compat
 from studio.loras.inspect import inspect_lora
 from studio.loras.library import LibraryItem, LoraLibrary
@@ -196,6 +197,22 @@ class Studio:
             )
 
     # --------------------------------------------------------------- render
+    def hub_context(self) -> HubContext:
+        """How Hub repo paths are resolved for the loaded model (its task, experts and transformer config)."""
+        config = dict(self.manager.transformer_config())
+        return HubContext(self.hub, fit_of(self.spec, config), cache_dir=self.settings.cache_dir)
+
+    def resolve_stack(self, stack: Stack, *, fetch: bool = True) -> tuple[Stack, list[str]]:
+        """``stack`` with its Hub repo paths (``owner/name`` as a LoRA path) picked, pinned and downloaded.
+
+        A stack without such paths comes back as it is, with no Hub call.
+        """
+        roots = self.settings.resolved_lora_dirs()
+        if not any(is_repo_source(s, roots) for e in stack.entries for s in (e.high, e.low)):
+            return stack, []
+        context = self.hub_context()
+        return resolve_stack(self.hub, stack, roots=roots, fit=context.fit, fetch=fetch)
+
     def render(
         self,
         image: Any,
@@ -208,15 +225,32 @@ class Studio:
         progress: Callable[[StepEvent], None] | None = None,
     ) -> SavedRender:
         """Render and save; ``memory`` switches the memory mode first when it differs (may reload)."""
+        return self.render_result(
+            image, settings, stack, session=session, fuse=fuse, memory=memory, progress=progress
+        )[0]
+
+    def render_result(
+        self,
+        image: Any,
+        settings: RenderSettings,
+        stack: Stack,
+        *,
+        session: str = "cli",
+        fuse: bool = False,
+        memory: MemoryConfig | None = None,
+        progress: Callable[[StepEvent], None] | None = None,
+    ) -> tuple[SavedRender, RenderResult]:
+        """:meth:`render`, also handing back the manager's result (the decoded frames, for the Python API)."""
         if memory is not None and memory != self.manager.memory:
             self.manager.configure_memory(memory)
+        stack, _ = self.resolve_stack(stack)
         token = CancelToken()
         with self._tokens_lock:
             self._tokens[session] = token
         try:
             request = RenderRequest(image=image, settings=settings, stack=stack, fuse=fuse)
             result = self._render_on_gpu(self.manager, request, progress, token)
-            return save_render(request, result, outputs_dir=self.settings.outputs_dir)
+            return save_render(request, result, outputs_dir=self.settings.outputs_dir), result
         finally:
             with self._tokens_lock:
                 if self._tokens.get(session) is token:

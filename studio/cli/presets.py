@@ -1,5 +1,9 @@
 """``python -m studio presets list [--json]``, ``presets show NAME|FILE [--json]``,
-``presets import FILE [--name NAME] [--overwrite]``, ``presets export NAME --out FILE``."""
+``presets import FILE [--name NAME] [--overwrite]``, ``presets export NAME --out FILE [--format guide]``.
+
+Importing the guide's LoRA list resolves its Hub repo paths (``lightx2v/Wan2.2-Distill-Loras``) to the
+pinned file that fits each entry (see :mod:`studio.hub.resolve`); ``--format guide`` exports that list form.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +52,12 @@ def add_parser(subparsers) -> None:
     exp.add_argument("preset", help="the preset name")
     exp.add_argument("--out", required=True, help="the .json file (or folder) to write")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    exp.add_argument(
+        "--format",
+        choices=("preset", "guide"),
+        default="preset",
+        help="preset: the studio's schema (default); guide: the guide's list of path/name/weight/applies_to",
+    )
     p.set_defaults(run=cmd_presets)
 
 
@@ -105,7 +115,12 @@ def cmd_presets(args) -> int:
             print(f"note: {slot.name}: {slot.message}", file=sys.stderr)
         return 0
     if action == "export":
-        path = store.export(args.preset, args.out, overwrite=args.overwrite)
+        path = store.export(args.preset, args.out, overwrite=args.overwrite, format=args.format)
         print(f"wrote {path}")
+        if args.format == "guide":
+            from studio.workflows.presets.formats import to_guide_list
+
+            for note in to_guide_list(store.load(args.preset))[1]:
+                print(f"note: {note}", file=sys.stderr)
         return 0
     raise AssertionError(action)

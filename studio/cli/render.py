@@ -1,5 +1,9 @@
 """``python -m studio render``: one video from a start image, with a LoRA stack and settings.
 
+``--lora REPO_OR_FILE[:HIGH[:LOW]]`` takes a ``.safetensors`` file or a Hub repo (``owner/name``, or
+``owner/name/file.safetensors``): the file that fits the experts with a non-zero weight is picked, pinned and
+downloaded (:mod:`studio.hub.resolve`).
+
 Writes OUT.mp4, OUT.json (the record) and OUT.start.png; never overwrites. A cancelled render
 (Ctrl-C) exits with 130 and writes nothing.
 """
@@ -26,8 +30,9 @@ def add_parser(sub) -> None:
         "--lora",
         action="append",
         default=[],
-        metavar="FILE[:HIGH[:LOW]]",
-        help="a LoRA with its high-noise and low-noise weight (repeatable; 0 = not on that expert)",
+        metavar="REPO_OR_FILE[:HIGH[:LOW]]",
+        help="a LoRA file or Hub repo (owner/name) with its high-noise and low-noise weight "
+        "(repeatable; 0 = not on that expert)",
     )
     p.add_argument("--lora-dir", action="append", default=[], help="another LoRA folder (repeatable)")
     p.add_argument("--preset", default=None, help="a preset file (stack and settings)")
@@ -69,16 +74,30 @@ def _settings_for(args, spec, preset):
 
 
 def _stack_for(args, preset):
+    from studio.errors import LoraFileError
+    from studio.hub.resolve import parse_repo_path
     from studio.stack.schema import Stack, StackEntry
 
     entries = list(preset.stack.entries) if preset is not None else []
     for text in args.lora:
         path, high, low = parse_lora_arg(text)
-        if not path.is_file():
-            raise ValidationError(f"--lora {text!r}: the file {path} does not exist.")
         if high == 0 and low == 0:
             continue
-        entries.append(StackEntry.single(path.resolve(), high, low))
+        if path.is_file():
+            entries.append(StackEntry.single(path.resolve(), high, low))
+            continue
+        try:
+            repo_path = parse_repo_path(str(path))
+        except LoraFileError as exc:
+            raise ValidationError(f"--lora {text!r}: {exc}") from None
+        if repo_path is None:
+            raise ValidationError(
+                f"--lora {text!r}: the file {path} does not exist (and it is not a Hub repo, owner/name)."
+            )
+        name = repo_path.file or repo_path.repo.split("/")[1]
+        entries.append(
+            StackEntry.single(str(path), high, low, name=Path(name).stem if repo_path.file else name)
+        )
     return Stack(entries=entries)
 
 
@@ -102,7 +121,7 @@ def cmd_render(args) -> int:
     preset = load_preset(args.preset) if args.preset else None
     model = args.model or (preset.model if preset else None)
     lora_dirs = [Path(p).expanduser() for p in args.lora_dir]
-    lora_dirs += [parse_lora_arg(t)[0].parent for t in args.lora]
+    lora_dirs += [p.parent for p in (parse_lora_arg(t)[0] for t in args.lora) if p.is_file()]
     if args.preset:
         lora_dirs.append(Path(args.preset).expanduser().resolve().parent)
     settings = Settings.from_env(model=model, dtype=args.dtype)
@@ -114,6 +133,9 @@ def cmd_render(args) -> int:
     manager = PipelineManager(settings, memory=memory)
     spec = manager.load_model(model)
     studio = Studio(settings, manager)
+    stack, notes = studio.resolve_stack(stack)  # Hub repos named as LoRA paths: picked, pinned, downloaded
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     render_settings = _settings_for(args, spec, preset)
     if spec.is_demo:
         print(f"note: {spec.note}", file=sys.stderr)

@@ -236,6 +236,7 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
         if file is None:
             return gr.skip(), h.status("Choose a .json preset file to import.", "error")
         try:
+            store.hub = studio.hub_context()  # a guide list's Hub repos are picked for the loaded model
             result = store.import_file(getattr(file, "name", file), overwrite=bool(replace))
         except PresetExists as exc:
             return gr.skip(), h.status(

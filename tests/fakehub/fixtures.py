@@ -28,3 +28,15 @@ def fake_hub(tmp_path) -> Iterator[FakeHub]:
         hub.env = env
         yield hub
         hub.env = None
+
+
+@pytest.fixture
+def guide_hub(fake_hub: FakeHub) -> FakeHub:
+    """The fake Hub holding the repos the guide names (:mod:`fakehub.guide_repos`), in the demo model's shapes.
+
+    ``guide_hub.guide_files`` is ``{repo: {file: bytes}}`` as served.
+    """
+    from .guide_repos import add_guide_repos
+
+    fake_hub.guide_files = add_guide_repos(fake_hub)
+    return fake_hub

@@ -1,4 +1,12 @@
-"""Other formats that become presets: the guide's list of LoRA dicts and a render record (sidecar)."""
+"""Other formats that become presets: the guide's list of LoRA dicts and a render record (sidecar); and a
+preset written back in the guide's list form.
+
+A guide path that is not a file on this machine and looks like a Hub repo (``owner/name``, or
+``owner/name/file.safetensors``) is resolved with :mod:`studio.hub.resolve`: the file that fits the entry's
+``applies_to`` (and its ``name``) is picked and pinned to the commit and the file's sha256, without downloading
+it (the preset then offers to download exactly the missing files). Offline, with the repo not in the cache,
+the path is kept as written (a note says so) and resolved when the preset is rendered.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from studio.errors import ValidationError
+from studio.errors import LoraFileError, ValidationError
+from studio.hub.common import HubError
+from studio.hub.resolve import HubContext, HubUnavailable, choose, local_file, parse_repo_path
 from studio.loras.sources import inside_roots
 from studio.stack.schema import (
     RenderSettings,
@@ -37,7 +47,7 @@ class GuideLora(StrictModel):
     path: str = Field(min_length=1, max_length=4096)
     name: str | None = Field(default=None, max_length=200)
     weight: float = 1.0
-    applies_to: Literal["high_noise", "low_noise", "both"] = "both"
+    applies_to: Literal["high_noise", "low_noise", "both", "high", "low"] = "both"
 
     @field_validator("weight")
     @classmethod
@@ -82,7 +92,30 @@ def _guide_path(text: str, roots: Sequence[Path], loc: str, notes: list[str]) ->
     return text
 
 
-def _from_guide_list(items: list[Any], *, roots: Sequence[Path], name: str) -> ImportResult:
+def _hub_entry(lora: GuideLora, hub: HubContext | None, loc: str, notes: list[str]) -> dict[str, Any] | None:
+    """The entry's sources for a guide path that is a Hub repo (``None``: not one)."""
+    try:
+        repo_path = parse_repo_path(lora.path)
+    except LoraFileError as exc:
+        raise ValidationError(f"Invalid LoRA list: {loc}: {exc}") from None
+    if repo_path is None:
+        return None
+    experts = GUIDE_EXPERTS[lora.applies_to]
+    hub = hub or HubContext()
+    try:
+        choice = choose(hub.client(), repo_path, experts, name=lora.name, fit=hub.fit, token=hub.token)
+    except HubUnavailable as exc:
+        notes.append(f"{exc} The preset keeps {lora.path} as written; it is resolved when you render it.")
+        return {e: {"path": lora.path} for e in experts}
+    except (LoraFileError, HubError) as exc:
+        raise ValidationError(f"Invalid LoRA list: {loc}: {exc}") from None
+    notes.extend(choice.notes)
+    return {e: choice.source(e).model_dump(exclude_none=True) for e in experts}
+
+
+def _from_guide_list(
+    items: list[Any], *, roots: Sequence[Path], name: str, hub: HubContext | None = None
+) -> ImportResult:
     notes: list[str] = []
     entries = []
     if not items:
@@ -93,19 +126,72 @@ def _from_guide_list(items: list[Any], *, roots: Sequence[Path], name: str) -> I
                 f"Invalid LoRA list: [{i}]: each item must be an object with path, name, weight and applies_to."
             )
         lora = parse_model(GuideLora, item, f"LoRA list item [{i}]")
-        path = _guide_path(lora.path, roots, f"[{i}].path", notes)
         experts = GUIDE_EXPERTS[lora.applies_to]
+        sources = (
+            None if local_file(lora.path.strip(), roots) else _hub_entry(lora, hub, f"[{i}].path", notes)
+        )
+        if sources is None:
+            path = _guide_path(lora.path, roots, f"[{i}].path", notes)
+            sources = {expert: {"path": path} for expert in experts}
+            default_name = PurePosixPath(path).stem
+        else:
+            default_name = PurePosixPath(next(iter(sources.values())).get("file") or lora.path).stem
         entry: dict[str, Any] = {
             "id": f"lora{i + 1}",
-            "name": lora.name or PurePosixPath(path).stem,
+            "name": lora.name or default_name,
             "weight_high": lora.weight if "high" in experts else 0.0,
             "weight_low": lora.weight if "low" in experts else 0.0,
+            **sources,
         }
-        for expert in experts:
-            entry[expert] = {"path": path}
         entries.append(entry)
     data = {"name": name, "description": "Imported from a LoRA list.", "entries": entries}
     return ImportResult(parse_preset(data, roots=roots, what="imported LoRA list"), "guide-list", notes)
+
+
+def _guide_path_of(source) -> str:
+    """A source as the guide writes a path: a local path, or ``owner/name/file.safetensors`` on the Hub."""
+    return f"{source.repo}/{source.file}" if source.repo else str(source.path)
+
+
+def to_guide_list(preset: Preset) -> tuple[list[dict[str, Any]], list[str]]:
+    """The preset in the guide's list form (``path``, ``name``, ``weight``, ``applies_to``) and notes.
+
+    One file on both experts at one weight is one item (``both``); a pair, or one file at two weights, is
+    an item per expert (``high_noise``, ``low_noise``). Slots, entries switched off and weights of 0 have
+    no place in the list (a note names them); Hub files are written ``owner/name/file.safetensors``, which
+    imports back to the same file (at the repo's current commit).
+    """
+    items: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for entry in preset.entries:
+        if entry.is_slot or not entry.enabled:
+            why = "an open slot" if entry.is_slot else "switched off"
+            notes.append(f"{entry.name} is {why}, so the list leaves it out.")
+            continue
+        parts = [
+            (expert, source, weight)
+            for expert, source, weight in (
+                ("high_noise", entry.high, entry.weight_high),
+                ("low_noise", entry.low, entry.weight_low),
+            )
+            if source is not None and weight != 0
+        ]
+        if len(parts) == 2 and parts[0][1] == parts[1][1] and parts[0][2] == parts[1][2]:
+            parts = [("both", parts[0][1], parts[0][2])]
+        for applies_to, source, weight in parts:
+            items.append(
+                {
+                    "path": _guide_path_of(source),
+                    "name": entry.name,
+                    "weight": weight,
+                    "applies_to": applies_to,
+                }
+            )
+    if any(s is not None and s.revision for e in preset.entries for s in (e.high, e.low)):
+        notes.append(
+            "The list form has no place for a commit: its Hub files import at the repo's current commit."
+        )
+    return items, notes
 
 
 def _from_record(record: dict[str, Any], *, roots: Sequence[Path], name: str) -> ImportResult:
@@ -145,7 +231,12 @@ def _from_record(record: dict[str, Any], *, roots: Sequence[Path], name: str) ->
 
 
 def preset_from_data(
-    data: Any, *, roots: Sequence[Path] = (), default_name: str = "Imported preset", name: str | None = None
+    data: Any,
+    *,
+    roots: Sequence[Path] = (),
+    default_name: str = "Imported preset",
+    name: str | None = None,
+    hub: HubContext | None = None,
 ) -> ImportResult:
     """Anything the studio imports as a preset, validated fully.
 
@@ -156,10 +247,11 @@ def preset_from_data(
       outside them is replaced by its file name (looked up in the LoRA folders; a note says so);
     - a render's sidecar (``kind: wan-lora-studio/render``): its stack and settings.
 
-    ``name`` overrides the preset's name (for a list, the default is ``default_name``).
+    ``name`` overrides the preset's name (for a list, the default is ``default_name``). ``hub`` resolves
+    the list's Hub repo paths (default: a client on the default cache, fitting an I2V model).
     """
     if isinstance(data, list):
-        return _from_guide_list(data, roots=roots, name=name or default_name)
+        return _from_guide_list(data, roots=roots, name=name or default_name, hub=hub)
     if isinstance(data, dict):
         if data.get("kind") == RENDER_RECORD_KIND:
             return _from_record(data, roots=roots, name=name or default_name)
@@ -169,7 +261,7 @@ def preset_from_data(
             list_name = (
                 name or (data.get("name") if isinstance(data.get("name"), str) else None) or default_name
             )
-            return _from_guide_list(data["loras"], roots=roots, name=list_name)
+            return _from_guide_list(data["loras"], roots=roots, name=list_name, hub=hub)
         if name is not None:
             data = {**data, "name": name}
         return ImportResult(parse_preset(data, roots=roots), "preset")

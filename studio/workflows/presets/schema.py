@@ -65,7 +65,13 @@ _SETTING_FIELDS = (
     "fps",
     "negative_prompt",
 )
-GUIDE_EXPERTS = {"high_noise": ("high",), "low_noise": ("low",), "both": ("high", "low")}
+GUIDE_EXPERTS = {
+    "high_noise": ("high",),
+    "low_noise": ("low",),
+    "both": ("high", "low"),
+    "high": ("high",),
+    "low": ("low",),
+}
 
 
 class PresetExists(ValidationError):
@@ -105,6 +111,8 @@ def _check_relative(text: str, what: str) -> str:
         raise ValueError(
             f"the {what} {text!r} goes up with '..'; a preset's paths must stay inside the LoRA folders"
         )
+    if what == "path" and not text.lower().endswith(LORA_SUFFIX) and _REPO_RE.match(text):
+        return text  # a Hub repo written as a path: its file is picked when the preset is rendered
     if not text.lower().endswith(LORA_SUFFIX):
         raise ValueError(
             f"the {what} {text!r} is not a .safetensors file; the studio only loads .safetensors LoRAs"

@@ -13,16 +13,17 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from studio.errors import OutputError, ValidationError
+from studio.hub.resolve import HubContext
 from studio.loras.sources import inside_roots
 from studio.media.files import write_json_atomic
 from studio.stack.schema import (
     RenderSettings,
     Stack,
 )
-from studio.workflows.presets.formats import ImportResult, preset_from_data
+from studio.workflows.presets.formats import ImportResult, preset_from_data, to_guide_list
 from studio.workflows.presets.schema import (
     SHIPPED_DIR,
     STALE_PARTIAL_S,
@@ -114,16 +115,30 @@ class PresetStore:
         shipped_dir: str | Path | None = SHIPPED_DIR,
         *,
         roots: Sequence[Path] = (),
+        hub: HubContext | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.user_dir = Path(user_dir).expanduser()
         self.shipped_dir = Path(shipped_dir).expanduser() if shipped_dir is not None else None
         self.roots = [Path(r) for r in roots]
+        self.hub = hub or HubContext(cache_dir=cache_dir)  # resolves Hub repo paths of imported lists
         self.sweep_partials()
 
     @classmethod
-    def for_settings(cls, settings, user_dir: str | Path | None = None) -> PresetStore:
-        """The store for a :class:`~studio.settings.Settings` (user presets in ``settings.presets_dir``)."""
-        return cls(user_dir or settings.presets_dir, SHIPPED_DIR, roots=settings.resolved_lora_dirs())
+    def for_settings(
+        cls, settings, user_dir: str | Path | None = None, *, hub: HubContext | None = None
+    ) -> PresetStore:
+        """The store for a :class:`~studio.settings.Settings` (user presets in ``settings.presets_dir``).
+
+        ``hub`` resolves Hub repo paths in imported LoRA lists (default: a client on the settings' cache).
+        """
+        return cls(
+            user_dir or settings.presets_dir,
+            SHIPPED_DIR,
+            roots=settings.resolved_lora_dirs(),
+            hub=hub,
+            cache_dir=settings.cache_dir,
+        )
 
     # ------------------------------------------------------------------ housekeeping
     def sweep_partials(self, max_age_s: float = STALE_PARTIAL_S) -> list[Path]:
@@ -363,32 +378,46 @@ class PresetStore:
             ) from None
         default_name = " ".join(re.sub(r"[_-]+", " ", path.stem).split()) or "Imported preset"
         try:
-            result = preset_from_data(data, roots=self.roots, default_name=default_name, name=name)
+            result = preset_from_data(
+                data, roots=self.roots, default_name=default_name, name=name, hub=self.hub
+            )
         except ValidationError as exc:
             raise ValidationError(f"{path.name}: {exc}") from None
         self.save(result.preset, overwrite=overwrite)
         return result
 
-    def export(self, name: str, dest: str | Path | None = None, *, overwrite: bool = False) -> Path:
+    def export(
+        self,
+        name: str,
+        dest: str | Path | None = None,
+        *,
+        overwrite: bool = False,
+        format: Literal["preset", "guide"] = "preset",
+    ) -> Path:
         """The file to download for preset ``name``.
 
         Without ``dest`` this is the preset's own file (user or shipped). With ``dest`` (a
         folder, or a ``.json`` file name) a normalised copy is written there atomically,
-        never over an existing file unless ``overwrite``.
+        never over an existing file unless ``overwrite``. ``format="guide"`` writes the guide's
+        list form instead (:func:`~studio.workflows.presets.formats.to_guide_list`).
         """
         found = self._find(name)
         if found is None:
             raise PresetNotFound(f"There is no preset named {name!r}; choose one from the preset list.")
         path, _, preset = found
-        if dest is None:
+        if dest is None and format == "preset":
             return path
+        if dest is None:
+            raise ValidationError("Name the .json file (or folder) to write the LoRA list to.")
         dest = Path(dest).expanduser()
-        target = dest / f"{slugify(preset.name)}.json" if dest.is_dir() else dest
+        suffix = "" if format == "preset" else "-loras"
+        target = dest / f"{slugify(preset.name)}{suffix}.json" if dest.is_dir() else dest
         if target.suffix.lower() != ".json":
             raise ValidationError(f"Export to a .json file; {target.name} is not one.")
         if not target.parent.is_dir():
             raise ValidationError(f"The folder {target.parent} does not exist; create it or choose another.")
+        data: Any = preset.to_dict() if format == "preset" else to_guide_list(preset)[0]
         try:
-            return write_json_atomic(target, preset.to_dict(), overwrite=overwrite)
+            return write_json_atomic(target, data, overwrite=overwrite)
         except OutputError as exc:
             raise ValidationError(str(exc)) from None
