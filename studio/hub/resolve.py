@@ -341,7 +341,12 @@ def resolve_entry(
             f"The LoRA {text!r} is neither a .safetensors file on this machine (LoRA folders: {folders}) nor a "
             "Hub repo (owner/name, or owner/name/file.safetensors)."
         )
-    choice = choose(hub, parsed, experts, name=name, fit=fit, token=token)
+    try:
+        choice = choose(hub, parsed, experts, name=name, fit=fit, token=token)
+    except HubError as exc:
+        if "was not found on the Hugging Face Hub" not in str(exc):
+            raise
+        raise LoraFileError(f"{text!r} is not a .safetensors file on this machine, and {exc}") from None
     if fetch:
         download(hub, choice, token=token)
     label = name or (PurePosixPath(parsed.file).stem if parsed.file else parsed.repo.split("/")[1])

@@ -315,6 +315,8 @@ def test_a_bf16_render_after_50_fused_weight_changes_equals_a_fresh_models(setti
     for component in ("transformer", "transformer_2"):
         _assert_same_tensors(getattr(manager.pipe, component), getattr(fresh.pipe, component).state_dict())
     assert torch.equal(latents(manager, start_image), expected)
+
+
 def test_an_ai_toolkit_two_expert_file_lands_as_a_pair(manager, lora_dir, settings, demo_transformer_config):
     """One library item, one file read; the transformer_1 half on the high expert, transformer_2 on the low."""
     from safetensors.torch import load_file
