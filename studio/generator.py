@@ -141,7 +141,9 @@ class Generator:
         return self._stack
 
     def loras(self) -> dict[str, list[dict[str, Any]]]:
-        """What is loaded, per expert: ``{"high_noise": [{name, weight, source, file, sha256}], "low_noise": …}``.
+        """What is loaded, per expert: ``{"high_noise": [{name, weight, source, file, sha256}], "low_noise": …}``
+
+        A LoRA at weight 0 is listed with its weight (it stays loaded, so turning it up reads no file).
 
         ``source`` is the local path or ``owner/name/file@commit``; ``file`` the file on this machine.
         """
@@ -149,7 +151,7 @@ class Generator:
         roots = self._studio.settings.resolved_lora_dirs()
         hashes = {r["file"]: r["sha256"] for r in self.manager.lora_records()}
         for entry in self._stack.entries:
-            for expert in entry.applies_to():
+            for expert in (e for e in ("high", "low") if entry.source(e) is not None):
                 source = entry.source(expert)
                 assert source is not None
                 label = f"{source.label()}@{source.revision[:7]}" if source.revision else source.label()

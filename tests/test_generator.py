@@ -24,7 +24,7 @@ from studio.models.demo import TRANSFORMER_CONFIG
 ROOT = Path(__file__).resolve().parents[1]
 I2V_HIGH, I2V_LOW = LIGHTX2V_FILES[("i2v", "high")], LIGHTX2V_FILES[("i2v", "low")]
 HPS_LOW, MPS_LOW = REWARD_FILES[("hps", "low")], REWARD_FILES[("mps", "low")]
-TINY = {"width": 32, "height": 32, "frames": 5}
+TINY = {"width": 32, "height": 32, "frames": 5, "steps": 4, "guidance": 1.0}  # as the README's demo_size
 # The local LoRAs the README's snippets name, each in another trainer's layout.
 LOCAL = {
     "anime_style": "original",
@@ -117,14 +117,12 @@ def test_the_readme_guide_snippets_run_as_written(world, generator):
     hub, _ = world
     blocks = readme_blocks()
     assert len(blocks) == 9
-    base = generator.generate_video("start.png", "a dancer on a stage", seed=6, **TINY)  # the base render
-    manager = generator.manager
-    loads = manager.model_loads
+    loads = generator.manager.model_loads
     ns: dict = {}
     reads = []
 
     def run(i: int) -> None:
-        reads.append(manager.lora_file_reads)
+        reads.append(ns["generator"].manager.lora_file_reads if "generator" in ns else 0)
         exec(compile(blocks[i], f"README block {i}", "exec"), ns)
 
     # setup: a generator of its own, on the same demo model
@@ -132,6 +130,7 @@ def test_the_readme_guide_snippets_run_as_written(world, generator):
     g = ns["generator"]
     manager = g.manager
     assert g.manager.spec.name == "demo" and ns["demo_size"] == TINY
+    base = g.generate_video("start.png", "a dancer on a stage", seed=6, **TINY)  # the base render
 
     run(1)  # one LoRA on both experts
     video = ns["video"]
@@ -300,7 +299,7 @@ def test_every_refusal_is_a_sentence(world, generator):
         (lambda: generator.set_lora_weight("ghost", 1.0), ValidationError, r"No LoRA named 'ghost' is loaded"),
         (lambda: generator.generate_video("start.png", "x", strength=2), ValidationError,
          r"generate_video does not know the setting\(s\) strength; use frames, steps"),
-        (lambda: generator.generate_video("start.png", "x", frames=6), ValidationError,
+        (lambda: generator.generate_video("start.png", "x", frames=6, steps=2), ValidationError,
          "frames: must be 4k\\+1"),
         (lambda: generator.generate_video("missing.png", "x", **TINY), ValidationError,
          "The start image missing.png was not found"),
@@ -369,15 +368,15 @@ def test_bf16_loads_and_unloads_back_to_the_base_render(world):
     import torch
 
     assert g.manager.pipe.transformer.dtype == torch.bfloat16
-    base = g.generate_video("start.png", "a cat", seed=9, steps=2, **TINY)
+    base = g.generate_video("start.png", "a cat", seed=9, **TINY)
     g.load_multiple_loras(
         [
             {"path": "loras/anime_style.safetensors", "name": "anime", "weight": 0.9},
             {"path": LIGHTX2V, "name": "speed_low", "applies_to": "low_noise"},
         ]
     )
-    styled = g.generate_video("start.png", "a cat", seed=9, steps=2, **TINY)
+    styled = g.generate_video("start.png", "a cat", seed=9, **TINY)
     assert not np.array_equal(styled.frames, base.frames)
     g.unload_loras()
-    assert np.array_equal(g.generate_video("start.png", "a cat", seed=9, steps=2, **TINY).frames, base.frames)
+    assert np.array_equal(g.generate_video("start.png", "a cat", seed=9, **TINY).frames, base.frames)
     assert os.path.isdir("outputs-bf16")
