@@ -380,3 +380,18 @@ def test_bf16_loads_and_unloads_back_to_the_base_render(world):
     g.unload_loras()
     assert np.array_equal(g.generate_video("start.png", "a cat", seed=9, **TINY).frames, base.frames)
     assert os.path.isdir("outputs-bf16")
+
+
+def test_unload_after_a_fused_render_gives_back_the_base_render(world, generator):
+    base = generator.generate_video("start.png", "a fox", seed=11, **TINY)
+    generator.load_multiple_loras(
+        [
+            {"path": "loras/anime_style.safetensors", "name": "anime", "weight": 0.9},
+            {"path": LIGHTX2V, "name": "speed_high", "applies_to": "high_noise"},
+        ]
+    )
+    fused = generator.generate_video("start.png", "a fox", seed=11, fuse=True, **TINY)
+    assert fused.record["fused"] is True and not np.array_equal(fused.frames, base.frames)
+    generator.unload_loras()
+    again = generator.generate_video("start.png", "a fox", seed=11, **TINY)
+    assert np.array_equal(again.frames, base.frames)  # bit for bit, also after fusing

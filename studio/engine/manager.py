@@ -36,7 +36,7 @@ from studio.engine.memory import (
 )
 from studio.engine.plan import AdapterPlan, plan_stack
 from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
-from studio.loras.match import MatchReport, PreparedLora, prepare_loaded, read_lora
+from studio.loras.match import MatchReport, read_lora
 from studio.loras.sources import FileIdentity
 from studio.models.registry import ModelSpec, pipeline_source, resolve_model
 from studio.settings import Settings
@@ -311,12 +311,9 @@ class PipelineManager:
         for identity, targets in plan.to_load.items():
             lora_file = read_lora(identity.path, cache_dir=self.settings.cache_dir)
             self.lora_file_reads += 1
-            prepared_for: dict[str | None, PreparedLora] = {}  # a two-expert file: one half per expert
-            for component, adapter in targets:
-                half = expert_of[component] if lora_file.two_experts else None
-                if (prepared := prepared_for.get(half)) is None:
-                    prepared = prepare_loaded(lora_file, getattr(self.pipe, component), expert=half)
-                    self.reports[identity.path] = prepared_for.setdefault(half, prepared).report
+            for component, adapter in targets:  # a two-expert file gives each expert its own half
+                prepared = lora_file.prepare(getattr(self.pipe, component), expert_of[component])
+                self.reports[identity.path] = prepared.report
                 try:
                     self._fault("lora_load")
                     self._load_adapter(component, adapter, prepared)
@@ -329,7 +326,7 @@ class PipelineManager:
                 self._loras[(component, adapter)] = LoadedLora(
                     adapter, component, identity, prepared.info.sha256
                 )
-            del prepared_for, lora_file
+            del lora_file
 
     def _load_adapter(self, component: str, adapter: str, prepared) -> None:
         """The fast path (the file's tensors become the adapter); diffusers' loader for what it can't do."""

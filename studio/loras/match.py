@@ -334,11 +334,19 @@ class LoraFile:
     path: Path
     loaded: LoadedFile
     info: LoraInfo
+    _prepared: dict = field(default_factory=dict)
 
     @property
     def two_experts(self) -> bool:
         """Whether the file holds a half per expert (ai-toolkit), so each expert needs its own preparation."""
         return len(self.info.experts_in_file) == 2
+
+    def prepare(self, transformer: torch.nn.Module, expert: str | None = None) -> PreparedLora:
+        """:func:`prepare_loaded` once per half: a two-expert file per ``expert``, any other file once."""
+        half = expert if self.two_experts else None
+        if half not in self._prepared:
+            self._prepared[half] = prepare_loaded(self, transformer, expert=half)
+        return self._prepared[half]
 
 
 def read_lora(path: str | Path, *, cache_dir: str | Path | None = None, hash_file: bool = True) -> LoraFile:
