@@ -13,6 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from studio.doctor.build import doctor_report, model_view
+from studio.doctor.examine import Doctor, stack_loras
+from studio.doctor.measure import measure_forward
+from studio.doctor.report import DoctorReport
 from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, RenderResult, StepEvent
 from studio.engine.memory import MemoryConfig, effective_mode
 from studio.engine.zerogpu import gpu_seconds, on_gpu
@@ -39,6 +43,22 @@ def _render_seconds(manager: PipelineManager, request: RenderRequest, *args) -> 
     return gpu_seconds(manager.spec.name if manager.spec else "", request.settings)
 
 
+def _estimate(
+    spec: ModelSpec, settings: RenderSettings, memory: MemoryConfig, loras: list[LoraLoad]
+) -> Estimate:
+    return estimate_vram(
+        spec,
+        width=settings.width,
+        height=settings.height,
+        frames=settings.frames,
+        mode=effective_mode(memory, is_demo=spec.is_demo),
+        precision=memory.precision,
+        loras=loras,
+        cfg=settings.guidance > 1.0,
+        vae_tiling=memory.vae_tiling,
+    )
+
+
 OVER_CARD_MARGIN = 1.05  # a render estimated this far above the card needs confirmation
 
 
@@ -53,6 +73,7 @@ class Studio:
         self._items: list[LibraryItem] = []
         self._infos: dict = {}  # FileIdentity -> LoraInfo (header only), for estimates
         self._render_on_gpu = on_gpu(_render, duration=_render_seconds)
+        self.doctor_engine = Doctor(settings.cache_dir)
 
     # --------------------------------------------------------------- models
     @property
@@ -123,6 +144,10 @@ class Studio:
     # ----------------------------------------------------------------- memory
     def lora_loads(self, stack: Stack, *, fuse: bool = False) -> list[LoraLoad]:
         """What each active LoRA file adds to memory (from its header), for the estimator."""
+        return list(self.lora_loads_by_path(stack, fuse=fuse).values())
+
+    def lora_loads_by_path(self, stack: Stack, *, fuse: bool = False) -> dict[Path, LoraLoad]:
+        """:meth:`lora_loads`, keyed by each file's resolved path."""
         experts_by_path: dict[Path, list[str]] = {}
         roots = self.settings.resolved_lora_dirs()
         for entry in stack.active():
@@ -132,11 +157,11 @@ class Studio:
                 except LoraFileError:
                     continue  # the render will say so; the estimate counts what it can
                 experts_by_path.setdefault(path, []).append(expert)
-        loads = []
+        loads = {}
         for path, experts in experts_by_path.items():
             info = self._header_info(path)
             if info is not None and (info.rank or info.ranks):
-                loads.append(LoraLoad.from_info(info, experts=tuple(dict.fromkeys(experts)), fused=fuse))
+                loads[path] = LoraLoad.from_info(info, experts=tuple(dict.fromkeys(experts)), fused=fuse)
         return loads
 
     def _header_info(self, path: Path):
@@ -165,17 +190,7 @@ class Studio:
     ) -> Estimate:
         """Peak VRAM of a render (pure; nothing loads). ``model_name``: another model to plan for."""
         spec = self.model_spec(model_name)
-        return estimate_vram(
-            spec,
-            width=settings.width,
-            height=settings.height,
-            frames=settings.frames,
-            mode=effective_mode(memory, is_demo=spec.is_demo),
-            precision=memory.precision,
-            loras=self.lora_loads(stack, fuse=fuse),
-            cfg=settings.guidance > 1.0,
-            vae_tiling=memory.vae_tiling,
-        )
+        return _estimate(spec, settings, memory, self.lora_loads(stack, fuse=fuse))
 
     def check_fits(
         self,
@@ -195,6 +210,79 @@ class Studio:
                 f"{card_bytes / 1e9:.1f} GB, so it would run out of memory. Use Suggest (or `python -m studio "
                 "vram --suggest`) for settings that fit, or render anyway (“Render even if it won't fit”, --force)."
             )
+
+    # --------------------------------------------------------------- doctor
+    def doctor(
+        self,
+        settings: RenderSettings,
+        stack: Stack,
+        memory: MemoryConfig | None = None,
+        *,
+        fuse: bool = False,
+        measure: bool = False,
+        read_library: bool = True,
+    ) -> DoctorReport:
+        """The stack doctor's report (see :mod:`studio.doctor`); never waits for a running render.
+
+        ``measure`` also times a forward with and without the stack, which does need the model:
+        call it from the GPU queue. Without ``read_library`` library files the doctor has not
+        measured yet are left out of the comparison instead of being read.
+        """
+        memory = memory or self.manager.memory
+        spec = self.spec
+        report = doctor_report(
+            self.doctor_engine,
+            model_view(self.manager),
+            stack_loras(stack, self.settings.resolved_lora_dirs(), self.manager.components()),
+            self._doctor_reference(),
+            read_reference=read_library,
+            loads=self.lora_loads_by_path(stack, fuse=fuse),
+            estimate_with=lambda loras: _estimate(spec, settings, memory, loras),
+            model_spec=spec,
+            settings=settings,
+            experts=spec.experts,
+            fuse=fuse,
+            fp8=memory.precision == "fp8",
+        )
+        if measure and report.cost is not None:
+            report.cost.measured = measure_forward(self.manager, stack, settings)
+        return report
+
+    def doctor_line(
+        self,
+        settings: RenderSettings,
+        stack: Stack,
+        memory: MemoryConfig | None = None,
+        *,
+        fuse: bool = False,
+    ) -> str:
+        """The doctor's summary for a render record; a finished render is never lost over it."""
+        try:
+            return self.doctor(settings, stack, memory, fuse=fuse, read_library=False).summary()
+        except Exception as exc:  # the record says so instead; the video is still written
+            return f"doctor: not available ({type(exc).__name__}: {exc})"
+
+    def _doctor_reference(self) -> dict[str, list[FileIdentity]]:
+        """Expert → the library files made for it (or for both) that fit the loaded model, by their headers."""
+        experts = list(self.manager.components())
+        config = dict(self.manager.transformer_config())
+        out: dict[str, list[FileIdentity]] = {e: [] for e in experts}
+        for item in self.library():
+            if item.kind == "pair":
+                parts = [(item.high_path, item.high_info, "high"), (item.low_path, item.low_info, "low")]
+            else:
+                parts = [(item.path, item.info, item.expert)]
+            for path, info, meant_for in parts:
+                if path is None or info is None or check_compat(info, config).level == "incompatible":
+                    continue
+                try:
+                    identity = FileIdentity.of(Path(path))
+                except OSError:
+                    continue
+                for expert in experts:
+                    if meant_for is None or meant_for == expert or len(experts) == 1:
+                        out[expert].append(identity)
+        return out
 
     # --------------------------------------------------------------- render
     def hub_context(self) -> HubContext:
@@ -250,7 +338,8 @@ class Studio:
         try:
             request = RenderRequest(image=image, settings=settings, stack=stack, fuse=fuse)
             result = self._render_on_gpu(self.manager, request, progress, token)
-            return save_render(request, result, outputs_dir=self.settings.outputs_dir), result
+            line = self.doctor_line(settings, stack, memory, fuse=fuse)
+            return save_render(request, result, outputs_dir=self.settings.outputs_dir, doctor=line), result
         finally:
             with self._tokens_lock:
                 if self._tokens.get(session) is token:

@@ -155,7 +155,8 @@ def cmd_render(args) -> int:
     try:
         request = RenderRequest(image=image, settings=render_settings, stack=stack, fuse=args.fuse)
         result = manager.render(request, progress=progress, cancel=token)
-        saved = save_render(request, result, video_path=out)
+        line = studio.doctor_line(render_settings, stack, memory, fuse=args.fuse)
+        saved = save_render(request, result, video_path=out, doctor=line)
     finally:
         signal.signal(signal.SIGINT, previous)
     print(f"wrote {saved.video} ({render_settings.frames} frames, {result.timings['total_s']:.1f} s)")

@@ -39,7 +39,11 @@ __all__ = [
     "backup_bytes",
     "drop_backup",
     "fuse",
+    "active_lora_modules",
     "fuse_pays_off",
+    "fusing_pays",
+    "lora_flops",
+    "render_forwards",
     "fused_scale_kept",
     "is_fused",
     "keep_backup",
@@ -227,26 +231,61 @@ def unfuse(model: nn.Module) -> None:
         unfuse_layer(layer)
 
 
-def fuse_pays_off(model: nn.Module, tokens: int, steps: int) -> bool:
-    """Whether fusing the active adapters (and unfusing afterwards) beats running them unfused.
+def lora_flops(modules: Iterable[tuple[int, int, int]], tokens: int) -> tuple[int, int]:
+    """Matmul FLOPs of unfused LoRA modules, each given as ``(summed rank, in_features, out_features)``.
 
-    Counts matmul FLOPs: a fuse costs 2·ΣR·in·out per module, counted twice (the restore of
-    the backup on unfuse, and the one-time backup copy, are memory copies of the same size);
-    every forward of ``tokens`` tokens with unfused adapters costs 2·tokens·ΣR·(in+out)
-    extra. ``steps`` is the number of forwards this model runs before the adapters change
-    (e.g. its share of the denoising steps, twice that with CFG). On a 480p Wan2.2 render
-    (32,760 tokens) one step already pays for the fuse; on a tiny demo render it does not.
+    Returns ``(fuse_cost, forward_cost)``: a fuse costs 2·R·in·out per module, counted twice
+    (the restore of the backup on unfuse, and the one-time backup copy, are memory copies of
+    the same size); every forward of ``tokens`` tokens with the adapters unfused costs
+    2·tokens·R·(in+out) extra (the two low-rank products).
     """
-    fuse_cost = step_cost = 0
+    fuse_cost = forward_cost = 0
+    for rank, fan_in, fan_out in modules:
+        fuse_cost += 4 * rank * fan_in * fan_out
+        forward_cost += 2 * tokens * rank * (fan_in + fan_out)
+    return fuse_cost, forward_cost
+
+
+def fusing_pays(fuse_cost: int, forward_cost: int, forwards: int) -> bool:
+    """Whether ``forwards`` unfused forwards cost more than one fuse + unfuse (see :func:`lora_flops`)."""
+    return fuse_cost > 0 and forwards * forward_cost > fuse_cost
+
+
+def active_lora_modules(model: nn.Module) -> list[tuple[int, int, int]]:
+    """``(summed rank, in, out)`` of each LoRA layer of ``model`` with active, non-zero-weight adapters."""
+    modules = []
     for layer in lora_layers(model):
         if not isinstance(layer, LoraLayer) or layer.disable_adapters or layer.merged:
             continue
         rank = sum(layer.r[a] for a in layer.active_adapters if a in layer.lora_A and layer.scaling.get(a))
         if rank:
-            fan_in, fan_out = layer.in_features, layer.out_features
-            fuse_cost += 4 * rank * fan_in * fan_out
-            step_cost += 2 * tokens * rank * (fan_in + fan_out)
-    return fuse_cost > 0 and steps * step_cost > fuse_cost
+            modules.append((rank, layer.in_features, layer.out_features))
+    return modules
+
+
+def render_forwards(
+    *, frames: int, height: int, width: int, steps: int, guidance: float, experts: int
+) -> tuple[int, int]:
+    """``(tokens, forwards)`` of a render, as the fuse decision counts them.
+
+    Tokens of one forward: ``((frames-1)//4 + 1) · (height/16) · (width/16)``. Forwards per
+    expert: its share of the steps, twice that with CFG (guidance > 1).
+    """
+    tokens = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
+    forwards = max(1, steps // max(1, experts)) * (2 if guidance > 1.0 else 1)
+    return tokens, forwards
+
+
+def fuse_pays_off(model: nn.Module, tokens: int, steps: int) -> bool:
+    """Whether fusing the active adapters (and unfusing afterwards) beats running them unfused.
+
+    Counts matmul FLOPs (:func:`lora_flops`). ``steps`` is the number of forwards this model
+    runs before the adapters change (e.g. its share of the denoising steps, twice that with
+    CFG). On a 480p Wan2.2 render (32,760 tokens) one step already pays for the fuse; on a
+    tiny demo render it does not. The stack doctor counts the same way from the LoRA files
+    (:mod:`studio.doctor.cost`).
+    """
+    return fusing_pays(*lora_flops(active_lora_modules(model), tokens), steps)
 
 
 def fused_scale_kept(layer: BaseTunerLayer, name: str, weight: float) -> bool:

@@ -34,6 +34,7 @@ from studio.engine.memory import (
     keep_lora_in_compute_dtype,
     set_vae_tiling,
 )
+from studio.engine.norms import ModuleNorm, pipeline_norms
 from studio.engine.plan import AdapterPlan, plan_stack
 from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
 from studio.loras.match import MatchReport, read_lora
@@ -129,6 +130,7 @@ class PipelineManager:
         self._shift: float | None = None
         self.memory = memory or MemoryConfig()
         self._transformer_config: dict[str, Any] | None = None
+        self.base_norms: dict[str, dict[str, ModuleNorm]] = {}  # component -> ‖W‖² per Linear, at load
         self.reports: dict[Path, MatchReport] = {}  # match report of each loaded file
         # Counters that tests and benchmarks read.
         self.lora_file_reads = 0
@@ -180,6 +182,8 @@ class PipelineManager:
                 "download it again."
             ) from None
         pipe.set_progress_bar_config(disable=True)
+        # The stack doctor's base-weight norms: read now, before any LoRA or offload hook changes them.
+        self.base_norms = pipeline_norms(pipe, "cuda" if self.device == "cuda" else None)
         apply_memory(pipe, self.memory, device=self.device, is_demo=spec.is_demo)
         return pipe
 
@@ -203,6 +207,7 @@ class PipelineManager:
             self.pipe = None
             self.spec = None
             self._transformer_config = None
+            self.base_norms = {}
             self._loras.clear()
             self._weights.clear()
             self._fused = False
@@ -384,9 +389,10 @@ class PipelineManager:
         """
         if not self._weights:
             return False
-        tokens = ((settings.frames - 1) // 4 + 1) * (settings.height // 16) * (settings.width // 16)
-        forwards = max(1, settings.steps // max(1, len(self.components())))
-        forwards *= 2 if settings.guidance > 1.0 else 1
+        tokens, forwards = lora_ops.render_forwards(
+            frames=settings.frames, height=settings.height, width=settings.width, steps=settings.steps,
+            guidance=settings.guidance, experts=len(self.components()),
+        )  # fmt: skip
         return all(
             lora_ops.fuse_pays_off(getattr(self.pipe, component), tokens, forwards)
             for component in self._weights
@@ -410,6 +416,13 @@ class PipelineManager:
                     }
                 )
         return records
+
+    @contextlib.contextmanager
+    def holding(self, stack: Stack):
+        """The pipeline under the render lock with ``stack`` applied unfused (the doctor's Measure)."""
+        with self._lock:
+            self.apply_stack(stack)
+            yield self.pipe
 
     # ---------------------------------------------------------------- render
     def render(

@@ -35,7 +35,7 @@ def adapter_name(identity: FileIdentity) -> str:
     return "lora_" + hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _expert_parts(entry: StackEntry, components: Mapping[str, str]):
+def expert_parts(entry: StackEntry, components: Mapping[str, str]):
     """(component, source, weight) for each expert of the model that ``entry`` names a file for."""
     if len(components) == 1:  # one-expert model: the high part, or the low part if that's all there is
         (component,) = components.values()
@@ -59,7 +59,7 @@ def plan_stack(
     keep: set[AdapterKey] = set()
     identities: dict[str, FileIdentity] = {}
     for entry in stack.entries:
-        for component, source, weight in _expert_parts(entry, components):
+        for component, source, weight in expert_parts(entry, components):
             active = entry.enabled and weight != 0.0
             key_text = source.model_dump_json()
             identity = identities.get(key_text)

@@ -45,8 +45,11 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def render_record(request: RenderRequest, result: RenderResult, *, start_image_file: str) -> dict[str, Any]:
-    return {
+def render_record(
+    request: RenderRequest, result: RenderResult, *, start_image_file: str, doctor: str | None = None
+) -> dict[str, Any]:
+    """The record of a render; ``doctor``: the stack doctor's summary line (when it was computed)."""
+    record = {
         "kind": RECORD_KIND,
         "version": RECORD_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -60,6 +63,9 @@ def render_record(request: RenderRequest, result: RenderResult, *, start_image_f
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "versions": library_versions(),
     }
+    if doctor is not None:
+        record["doctor"] = doctor
+    return record
 
 
 def save_render(
@@ -68,12 +74,14 @@ def save_render(
     *,
     outputs_dir: Path | None = None,
     video_path: Path | None = None,
+    doctor: str | None = None,
 ) -> SavedRender:
     """Write the render as ``<stem>.mp4`` + ``<stem>.json`` + ``<stem>.start.png``.
 
     Give ``outputs_dir`` for a fresh unique name there, or ``video_path`` for an exact
     name (the CLI's ``--out``); nothing existing is ever overwritten. If a later file
-    fails, the ones already written for this render are removed again.
+    fails, the ones already written for this render are removed again. ``doctor`` (the stack
+    doctor's summary line) goes into the record as ``"doctor"``.
     """
     if result.frames is None:
         raise ValueError("the render was not decoded; nothing to save")
@@ -89,7 +97,7 @@ def save_render(
     for path in (video_path, sidecar_path, image_path):
         if path.exists():
             raise OutputError(f"{path} already exists; choose another output name. Nothing was written.")
-    record = render_record(request, result, start_image_file=image_path.name)
+    record = render_record(request, result, start_image_file=image_path.name, doctor=doctor)
     written: list[Path] = []
     try:
         written.append(write_video(result.frames, video_path, fps=result.settings.fps, metadata=record))

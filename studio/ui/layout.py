@@ -13,6 +13,7 @@ from studio.service import Studio
 from studio.ui import handlers as h
 from studio.ui.api import register_api
 from studio.ui.compare_tab import build_compare_tab
+from studio.ui.doctor_panel import badges_html, doctor_widgets, wire_doctor_panel
 from studio.ui.history_tab import build_history_tab
 from studio.ui.hub_panel import build_hub_tab
 from studio.ui.presets_panel import build_presets_panel
@@ -39,6 +40,8 @@ def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="Wan LoRA Studio", analytics_enabled=False) as app:
         stack_state = gr.State({"entries": []})
         stack_version = gr.State(0)  # bumped on structural changes only: re-draws the stack view
+        doctor_badges = gr.State({})  # entry id -> the doctor's flags, drawn as badges on the entries
+        doctor_version = gr.State(0)  # bumped when those badges change: re-draws the stack view
 
         gr.HTML("<h1 class='studio-title'>Wan LoRA Studio</h1>")
         banner = gr.HTML(_model_banner(studio), elem_id="model-banner")
@@ -131,8 +134,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                             )
                         stack_status = gr.HTML("", elem_id="stack-status")
 
-                        @gr.render(inputs=[stack_state], triggers=[stack_version.change, app.load])
-                        def draw_stack(state):
+                        @gr.render(
+                            inputs=[stack_state, doctor_badges],
+                            triggers=[stack_version.change, doctor_version.change, app.load],
+                        )
+                        def draw_stack(state, badges):
                             stack = h.to_stack(state)
                             if not stack.entries:
                                 gr.Markdown(
@@ -149,7 +155,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                                     stack_state,
                                     stack_version,
                                     stack_status,
+                                    (badges or {}).get(entry.id, []),
                                 )
+
+                        doctor = doctor_widgets(doctor_badges, doctor_version)
 
                     # ------------------------------------------------------------ output
                     with gr.Column(scale=5, min_width=320):
@@ -172,6 +181,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                             video=video, library=library,
                         )  # fmt: skip
                         mode, precision, tiling, card = build_vram_panel(studio, refs, model_choice)
+                        wire_doctor_panel(studio, refs, doctor, mode, precision, gpu_queue=GPU_QUEUE)
                         force = gr.Checkbox(
                             False, label="Render even if it won't fit", elem_id="force-render"
                         )
@@ -301,11 +311,13 @@ def _is_hub_model(name: str) -> bool:
     return name in REGISTRY and REGISTRY[name].repo_id is not None
 
 
-def _draw_entry(entry, position, count, two_experts, stack_state, stack_version, stack_status):
-    """One stack row: enable, name, a weight slider per expert, move up/down, remove."""
+def _draw_entry(entry, position, count, two_experts, stack_state, stack_version, stack_status, flags=()):
+    """One stack row: enable, name, a weight slider per expert, move up/down, remove, the doctor's badges."""
     with gr.Group(elem_classes=["stack-entry"], elem_id=f"entry-{entry.id}"):
         with gr.Row():
-            enabled = gr.Checkbox(entry.enabled, label=entry.name, elem_id=f"enabled-{entry.id}", scale=3)
+            enabled = gr.Checkbox(
+                entry.enabled, label=entry.name, elem_id=f"enabled-{entry.id}", scale=3, interactive=True
+            )
             up = gr.Button("↑", size="sm", min_width=30, interactive=position > 0, elem_id=f"up-{entry.id}")
             down = gr.Button(
                 "↓", size="sm", min_width=30, interactive=position < count - 1, elem_id=f"down-{entry.id}"
@@ -330,6 +342,8 @@ def _draw_entry(entry, position, count, two_experts, stack_state, stack_version,
                 )  # fmt: skip
         files = " · ".join(f"{e}: {html.escape(Path(s).name)}" for e, s in sources)
         gr.HTML(f"<div class='entry-files'>{files}</div>")
+        if flags:
+            gr.HTML(f"<div class='doctor-badges' id='badges-{entry.id}'>{badges_html(list(flags))}</div>")
 
     private = {"api_visibility": "private", "concurrency_limit": None, "trigger_mode": "always_last"}
     enabled.change(
