@@ -192,16 +192,38 @@ class CompiledMode:
     def __init__(self) -> None:
         self.active = False
         self.not_compilable: dict[Hashable, str] = {}
+        self.broken: str | None = None  # why compiling failed on this model (then it stays uncompiled)
         self.notices: list[str] = []
         self._graphs = 0
 
     def reset(self) -> None:
         self.active = False
         self.not_compilable.clear()
+        self.broken = None
 
     def wanted(self, on: bool, files: Iterable[Hashable]) -> bool:
         """Whether the experts should be compiled for a stack of ``files`` when compiled mode is ``on``."""
-        return on and not (set(files) & self.not_compilable.keys())
+        if not on:
+            self.broken = None  # turning compiled mode off and on again retries compiling
+        return on and self.broken is None and not (set(files) & self.not_compilable.keys())
+
+    def failed(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (from a render) is torch.compile failing; then compiled mode is off for this model.
+
+        The caller renders again: the stack loads uncompiled. A recompile refused by
+        :func:`no_recompile` is not a failure of compiling (it propagates).
+        """
+        from torch._dynamo.exc import RecompileError, TorchDynamoException
+
+        if not self.active or isinstance(exc, RecompileError) or not isinstance(exc, TorchDynamoException):
+            return False
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        self.broken = f"{type(exc).__name__}: {first}"
+        self.notices.append(
+            f"Compiling the transformer blocks failed ({self.broken}); this model now renders uncompiled. "
+            "Turn compiled mode off for one render and on again to retry."
+        )
+        return True
 
     def switch(self, models: Iterable[nn.Module], on: bool, *, rows: int, dtype_of) -> None:
         """Prepare (``on``) or release every model; they must hold no LoRAs (delete them first)."""

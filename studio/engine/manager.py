@@ -429,8 +429,14 @@ class PipelineManager:
 
         cancel = cancel or CancelToken()
         with self._lock:
+            self._compile.notices = []
             try:
-                return self._render(request, progress, cancel)
+                try:
+                    return self._render(request, progress, cancel)
+                except Exception as exc:
+                    if not self._compile.failed(exc):  # compiling failed: compiled mode off, render again
+                        raise
+                    return self._render(request, progress, cancel)
             except (torch.OutOfMemoryError, OutOfMemory):
                 self._recover_from_oom()
                 raise OutOfMemory(_oom_advice(request.settings)) from None
@@ -456,7 +462,6 @@ class PipelineManager:
         if cancel.cancelled:
             raise RenderCancelled()
         timings: dict[str, float] = {}
-        self._compile.notices = []
         t0 = time.perf_counter()
         auto = not request.fuse and fuse_refusal(self.memory) is None
         self.apply_stack(request.stack, fuse=request.fuse, keep_fused=auto)

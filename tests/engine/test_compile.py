@@ -269,3 +269,32 @@ def test_turning_compiled_mode_off_releases_the_experts(env):
     weights = manager.active_weights()  # loaded again, as peft adapters
     assert manager.loaded_adapters() == {c: list(weights[c]) for c in ("transformer", "transformer_2")}
     assert lora_ops.adapter_names(manager.pipe.transformer) == set(weights["transformer"])
+
+
+def test_a_compiler_that_fails_leaves_an_uncompiled_render_and_a_notice(env, monkeypatch):
+    """Last here: it clears dynamo's caches (a real C++ compiler failure needs a fresh compile)."""
+    import torch._dynamo
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    settings, files = env
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setattr(functorch_config, "enable_autograd_cache", False)
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/c++"))
+    manager = PipelineManager(
+        settings, device="cpu", memory=MemoryConfig(compile=True, compile_lora_rank=ROOM)
+    )
+    manager.load_model("demo")
+    eager = PipelineManager(settings, device="cpu")
+    eager.load_model("demo")
+    try:
+        stack = _stack(files, style=1.0)
+        got = manager.render(_request(stack))
+        assert not got.model["compiled"]
+        assert any("Compiling the transformer blocks failed" in n for n in got.notices), got.notices
+        assert torch.allclose(got.latents, eager.render(_request(stack)).latents, atol=ATOL)
+        assert lora_slots.bank_of(manager.pipe.transformer) is None
+        assert not manager.render(_request(stack)).model["compiled"]  # stays uncompiled, no second failure
+    finally:
+        torch._dynamo.reset()
