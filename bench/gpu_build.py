@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from bench.subjects import on_device, random_transformer
-from studio.engine.model_shapes import A14B, UMT5_XXL, WAN21_VAE, ModelShapes
+from studio.models.shapes import A14B, UMT5_XXL, WAN21_VAE, ModelShapes
 
 WORDS = "a cat walks slowly through the city at night in the rain camera pans left".split()
 SPECIALS = ["<pad>", "</s>", "<unk>"]
@@ -29,7 +29,7 @@ SHIFT = 5.0
 
 
 def _tiny_shapes() -> ModelShapes:
-    from studio.engine.model_shapes import demo_shapes
+    from studio.models.shapes import demo_shapes
 
     return replace(demo_shapes(), weights_dtype="bfloat16")
 

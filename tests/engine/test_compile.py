@@ -18,7 +18,7 @@ from studio.engine.memory import MemoryConfig
 from studio.errors import ValidationError
 from studio.loras.synthetic import make_lora_tensors, write_lora
 from studio.settings import Settings
-from studio.stack import RenderSettings, Stack, StackEntry
+from studio.stack.schema import RenderSettings, Stack, StackEntry
 
 pytestmark = [
     pytest.mark.slow,  # one inductor compile of the demo block (~40 s of CPU when not cached) + ~40 renders

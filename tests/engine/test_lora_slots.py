@@ -7,9 +7,9 @@ import torch
 
 from studio.engine import lora_ops, lora_slots
 from studio.engine.compile import room_flops_fraction
-from studio.engine.model_shapes import A14B_TRANSFORMER
 from studio.loras.match import prepare_lora
 from studio.loras.synthetic import make_lora_tensors, write_lora
+from studio.models.shapes import A14B_TRANSFORMER
 
 
 def _transformer(folder, dtype=torch.float32):
