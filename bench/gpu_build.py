@@ -19,19 +19,13 @@ from typing import Any
 import torch
 
 from bench.subjects import on_device, random_transformer
-from studio.models.shapes import A14B, UMT5_XXL, WAN21_VAE, ModelShapes
+from studio.models.shapes import A14B, ModelShapes
 
 WORDS = "a cat walks slowly through the city at night in the rain camera pans left".split()
 SPECIALS = ["<pad>", "</s>", "<unk>"]
 PROMPT = "a cat walks slowly through the city at night in the rain, camera pans left"
 BOUNDARY = 0.9  # A14B I2V
 SHIFT = 5.0
-
-
-def _tiny_shapes() -> ModelShapes:
-    from studio.models.shapes import demo_shapes
-
-    return replace(demo_shapes(), weights_dtype="bfloat16")
 
 
 @dataclass(frozen=True)
@@ -43,6 +37,7 @@ class Subject:
     width: int
     rank: int  # of each LoRA
     loras: int = 4
+    dtype: torch.dtype = torch.bfloat16
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -66,18 +61,24 @@ class Subject:
 
 
 REAL = Subject("wan2.2-i2v-a14b", A14B, frames=81, height=480, width=832, rank=64)
-assert REAL.shapes.text_encoder is UMT5_XXL and REAL.shapes.vae is WAN21_VAE
 
 
 def tiny() -> Subject:
-    return Subject("tiny (demo shapes)", _tiny_shapes(), frames=5, height=32, width=32, rank=4)
+    """The demo model's shapes in float32 (CPUs are slow at bf16): for running this script's logic on a CPU."""
+    from studio.models.shapes import demo_shapes
+
+    return Subject(
+        "tiny (demo shapes)", demo_shapes(), frames=5, height=32, width=32, rank=4, dtype=torch.float32
+    )
 
 
-def expert(subject: Subject, *, seed: int, device: str, dtype=torch.bfloat16):
+def expert(subject: Subject, *, seed: int, device: str, dtype=None):
+    dtype = dtype or subject.dtype
     return random_transformer(subject.transformer, seed=seed, dtype=dtype, device=device)
 
 
-def text_encoder(subject: Subject, *, device: str, dtype=torch.bfloat16, seed: int = 10):
+def text_encoder(subject: Subject, *, device: str, dtype=None, seed: int = 10):
+    dtype = dtype or subject.dtype
     from transformers import UMT5Config, UMT5EncoderModel
 
     with torch.device("meta"):
@@ -85,7 +86,8 @@ def text_encoder(subject: Subject, *, device: str, dtype=torch.bfloat16, seed: i
     return on_device(model, dtype=dtype, device=device, seed=seed).eval()
 
 
-def vae(subject: Subject, *, device: str, dtype=torch.bfloat16, seed: int = 20):
+def vae(subject: Subject, *, device: str, dtype=None, seed: int = 20):
+    dtype = dtype or subject.dtype
     from diffusers import AutoencoderKLWan
 
     with torch.device("meta"):
@@ -105,8 +107,9 @@ def tokenizer():
     )
 
 
-def pipeline(subject: Subject, *, device: str, dtype=torch.bfloat16):
+def pipeline(subject: Subject, *, device: str, dtype=None):
     """The two-expert I2V pipeline with every component at ``subject``'s shapes, on ``device``."""
+    dtype = dtype or subject.dtype
     from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
 
     pipe = WanImageToVideoPipeline(
@@ -136,7 +139,7 @@ def start_image(subject: Subject):
     return Image.fromarray(pixels, "RGB")
 
 
-def render(pipe, subject: Subject, *, steps: int = 4, seed: int = 0):
+def render(pipe, subject: Subject, *, steps: int = 4, seed: int = 0, on_step=None):
     """One end-to-end render as the studio runs it (no CFG, 2 + 2 steps over the experts, decoded)."""
     return pipe(
         image=start_image(subject),
@@ -149,11 +152,13 @@ def render(pipe, subject: Subject, *, steps: int = 4, seed: int = 0):
         guidance_scale_2=1.0,
         generator=torch.Generator(device="cpu").manual_seed(seed),
         output_type="np",
+        callback_on_step_end=on_step,
     ).frames
 
 
-def lora_state_dict(subject: Subject, *, seed: int, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
+def lora_state_dict(subject: Subject, *, seed: int, dtype=None) -> dict[str, torch.Tensor]:
     """A PEFT-layout LoRA of ``subject.rank`` over every block's attention and FFN (small values)."""
+    dtype = dtype or subject.dtype
     from studio.loras.synthetic import make_lora_tensors
 
     return make_lora_tensors(
@@ -161,7 +166,8 @@ def lora_state_dict(subject: Subject, *, seed: int, dtype=torch.bfloat16) -> dic
     )
 
 
-def forward_inputs(subject: Subject, *, device: str, dtype=torch.bfloat16) -> dict[str, Any]:
+def forward_inputs(subject: Subject, *, device: str, dtype=None) -> dict[str, Any]:
+    dtype = dtype or subject.dtype
     from bench.subjects import forward_inputs as inputs
 
     return inputs(
