@@ -404,7 +404,7 @@ def compiled_section(record, subject: Subject, device: str, state: dict) -> None
         "weights",
         lambda: lora_ops.set_adapter_weights(model, {n: 0.5 + 0.1 * i for i, n in enumerate(names)}),
     )
-    check("one_expert_off", lambda: lora_ops.set_adapter_weights(model, {}))
+    check("all_off", lambda: lora_ops.set_adapter_weights(model, {}))
 
     def swap():
         bank.delete(names[-1])

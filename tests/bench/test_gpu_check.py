@@ -68,7 +68,7 @@ def test_the_tiny_check_writes_every_section_without_gradio_pydantic_or_imageio_
     assert {"room", "first_forward_s", "hotswap4", "empty_room"} <= set(compiled)
     assert compiled["recompiled"] == {
         "weights": False,
-        "one_expert_off": False,
+        "all_off": False,
         "swap": False,
         "remove_all": False,
     }
