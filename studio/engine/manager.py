@@ -47,6 +47,7 @@ from studio.engine.requests import (  # the manager's public types, re-exported
     RenderRequest,
     RenderResult,
     StepEvent,
+    model_record,
 )
 from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
 from studio.loras.match import MatchReport, read_lora
@@ -526,7 +527,7 @@ class PipelineManager:
             experts_per_step=experts,
             loras=self.lora_records(),
             timings=timings,
-            model={**_model_record(spec, self.load_dtype(spec)), "compiled": self._compile.active},
+            model=model_record(spec, self.load_dtype(spec), compiled=self._compile.active),
             notices=list(self._compile.notices),
         )
 
@@ -579,17 +580,6 @@ def _is_oom(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.OutOfMemoryError)
-
-
-def _model_record(spec: ModelSpec, dtype) -> dict[str, Any]:
-    name = str(dtype).removeprefix("torch.")  # the dtype the model was loaded (and computes) in
-    return {
-        "name": spec.name,
-        "repo_id": spec.repo_id,
-        "label": spec.label,
-        "demo": spec.is_demo,
-        "dtype": name,
-    }
 
 
 def _oom_advice(settings: RenderSettings) -> str:

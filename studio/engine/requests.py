@@ -69,3 +69,15 @@ class RenderResult:
 
 
 ProgressFn = Callable[[StepEvent], None]
+
+
+def model_record(spec: Any, dtype: Any, *, compiled: bool = False) -> dict[str, Any]:
+    """What a render record says about the model: which one, the dtype it computes in, compiled or not."""
+    return {
+        "name": spec.name,
+        "repo_id": spec.repo_id,
+        "label": spec.label,
+        "demo": spec.is_demo,
+        "dtype": str(dtype).removeprefix("torch."),  # the dtype the model was loaded (and computes) in
+        "compiled": compiled,
+    }
