@@ -1,6 +1,6 @@
 """``python -m bench``: benchmarks 1–6 and 8 (the stack doctor) in order, each table, then one combined ``key=value`` line.
 
-The GPU benchmark (7) runs on its own: ``python -m bench.gpu`` (it needs CUDA).
+The GPU check (7) runs on its own: ``bench/gpu_check.sh WHEELS_DIR`` (see bench/README.md).
 """
 
 from __future__ import annotations

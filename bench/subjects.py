@@ -87,40 +87,59 @@ def _key(config: dict[str, Any]) -> str:
 def random_transformer(config: dict[str, Any], *, seed: int = 0, dtype=torch.float32, device="cpu"):
     """A ``WanTransformer3DModel`` with ``config`` and random weights, made without a slow default init.
 
-    Matrices are uniform in ±1/sqrt(fan_in) (PyTorch's default scale), norm weights are
-    ones, other vectors small. On CPU the values are slices of one random pool at
-    random offsets (drawing a billion fresh numbers would take longer than the benchmark).
+    Built on the meta device, cast there, then given memory and :func:`randomize_`d.
     Modules diffusers keeps in float32 (``_keep_in_fp32_modules``) stay float32.
     """
     from diffusers import WanTransformer3DModel
 
     with torch.device("meta"):
         model = WanTransformer3DModel(**config)
-    if dtype != torch.float32:  # cast on meta (free), so the device never holds a float32 copy
-        keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
-        for name, param in model.named_parameters():
-            if not any(part in keep for part in name.split(".")):
-                param.data = param.data.to(dtype)
-    model = model.to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    pick = torch.Generator().manual_seed(seed + 1)
-    pool = torch.empty(1 << 22, device=device).uniform_(-1.0, 1.0, generator=gen)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim >= 2:
-                bound = 1.0 / max(1, param[0].numel()) ** 0.5
-                _fill(param, pool, pick)
-                param.mul_(bound)
-            elif "norm" in name:
-                param.fill_(1.0)
-            else:
-                _fill(param, pool, pick)
-                param.mul_(0.02)
+    model = on_device(model, dtype=dtype, device=device, seed=seed)
     # The only buffers (rotary tables, not saved) were made on meta: build them again on the device.
     model.rope = type(model.rope)(
         model.rope.attention_head_dim, model.rope.patch_size, model.rope.max_seq_len
     ).to(device)
     return model.eval()
+
+
+def on_device(model, *, dtype=torch.float32, device="cpu", seed: int = 0):
+    """A model built on ``meta``, cast to ``dtype`` there (free), given memory on ``device`` and randomized.
+
+    Modules listed in ``_keep_in_fp32_modules`` stay float32, as ``from_pretrained`` leaves them.
+    """
+    if dtype != torch.float32:  # cast on meta, so the device never holds a float32 copy
+        keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+        for name, param in model.named_parameters():
+            if not any(part in keep for part in name.split(".")):
+                param.data = param.data.to(dtype)
+    model = model.to_empty(device=device)
+    randomize_(model, seed=seed)
+    return model
+
+
+@torch.no_grad()
+def randomize_(model, *, seed: int = 0) -> None:
+    """Random weights in place: matrices and kernels uniform in ±1/sqrt(fan_in) (PyTorch's default scale),
+    norm weights ones, other vectors small. The values are slices of one random pool at random
+    offsets (drawing billions of fresh numbers on a CPU would take longer than the benchmark).
+    """
+    params = list(model.parameters())
+    if not params:
+        return
+    device = params[0].device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    pick = torch.Generator().manual_seed(seed + 1)
+    pool = torch.empty(1 << 22, device=device).uniform_(-1.0, 1.0, generator=gen)
+    for name, param in model.named_parameters():
+        if param.ndim >= 2:
+            bound = 1.0 / max(1, param[0].numel()) ** 0.5
+            _fill(param, pool, pick)
+            param.mul_(bound)
+        elif "norm" in name or name.endswith("gamma"):
+            param.fill_(1.0)
+        else:
+            _fill(param, pool, pick)
+            param.mul_(0.02)
 
 
 def _fill(param: torch.Tensor, pool: torch.Tensor, pick: torch.Generator) -> None:

@@ -73,11 +73,11 @@ from studio.engine.fuse import (
     drop_backup,
     fuse,
     fuse_pays_off,
+    fused_scale_kept,
     fusing_pays,
+    is_fused,
     lora_flops,
     render_forwards,
-    fused_scale_kept,
-    is_fused,
     unfuse,
 )
 from studio.engine.lora_walk import adapter_names, group_offloaded, lora_layers, slots
@@ -127,8 +127,14 @@ def set_adapter_weights(model: nn.Module, weights: Mapping[str, float]) -> None:
     loaded. Fused adapters (see :func:`fuse`) must stay active with the weight they were
     fused with, while the unfused ones change freely (a per-step schedule re-weights the
     unfused part of a partly fused stack between steps); anything else raises
-    ``RuntimeError`` and changes nothing (unfuse first).
+    ``RuntimeError`` and changes nothing (unfuse first). On a model prepared for compiled mode
+    (:mod:`studio.engine.compile`) it writes the weights into the LoRA room's scale tensors
+    instead (nothing recompiles).
     """
+    bank = model.__dict__.get("_studio_lora_bank")
+    if bank is not None:  # compiled mode's fixed-size LoRA room (studio.engine.lora_slots): a tensor write
+        bank.set_weights(weights)
+        return
     names = list(weights)
     values = [float(w) for w in weights.values()]
     known = getattr(model, "peft_config", None)

@@ -9,6 +9,9 @@ Everything that touches the model goes through here, under one lock:
   model is never reloaded;
 - ``render`` runs a :class:`RenderRequest` with per-step progress and cooperative cancel.
 
+In compiled mode (``MemoryConfig.compile``, :mod:`studio.engine.compile`) the same diff
+copies factors into fixed-size LoRA room in compiled blocks: no LoRA change recompiles.
+
 The UI and CLI never hold model state; they build requests and call these methods.
 """
 
@@ -19,88 +22,42 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from studio.engine import lora_ops
+from studio.engine import lora_ops, lora_slots
+from studio.engine.compile import CompiledMode, NotCompilable, compile_refusal
+from studio.engine.failures import is_oom, lora_load_error, oom_advice
 from studio.engine.memory import (
     MemoryConfig,
     apply_memory,
     check_device,
+    effective_mode,
     fuse_refusal,
     keep_lora_in_compute_dtype,
+    lora_compute_dtype,
     set_vae_tiling,
 )
 from studio.engine.norms import ModuleNorm, pipeline_norms
 from studio.engine.plan import AdapterPlan, plan_stack
+from studio.engine.requests import (  # the manager's public types, re-exported
+    CancelToken,
+    LoadedLora,
+    ProgressFn,
+    RenderRequest,
+    RenderResult,
+    StepEvent,
+    model_record,
+)
 from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
 from studio.loras.match import MatchReport, read_lora
-from studio.loras.sources import FileIdentity
 from studio.models.registry import ModelSpec, pipeline_source, resolve_model
 from studio.settings import Settings
 from studio.stack.schema import RenderSettings, Stack
 
 COMPONENT_OF = {"high": "transformer", "low": "transformer_2"}
-
-
-class CancelToken:
-    """Set by the UI/CLI to stop a render between denoising steps."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-
-@dataclass(frozen=True)
-class StepEvent:
-    step: int  # 1-based
-    total: int
-    timestep: float
-    expert: str  # "high" or "low"
-    latents: Any = None  # a CPU copy, only when the request asks for it
-
-
-@dataclass(frozen=True)
-class RenderRequest:
-    image: Any  # a PIL image (already loaded and checked by studio.media.images)
-    settings: RenderSettings
-    stack: Stack = field(default_factory=Stack)
-    fuse: bool = False  # fuse the LoRAs into the weights for the render (fastest per step)
-    decode: bool = True  # False: stop at latents (tests, comparisons of LoRA effects)
-    capture_step_latents: bool = False
-
-
-@dataclass
-class LoadedLora:
-    """One adapter in one expert."""
-
-    adapter: str
-    component: str
-    identity: FileIdentity
-    sha256: str
-
-
-@dataclass
-class RenderResult:
-    settings: RenderSettings  # with the seed actually used
-    latents: Any  # torch tensor on CPU
-    frames: np.ndarray | None  # [F, H, W, 3] uint8, None when not decoded
-    experts_per_step: list[str]
-    loras: list[dict[str, Any]]
-    timings: dict[str, float]
-    model: dict[str, Any]
-
-
-ProgressFn = Callable[[StepEvent], None]
 
 
 def quiet_libraries() -> None:
@@ -131,6 +88,7 @@ class PipelineManager:
         self.memory = memory or MemoryConfig()
         self._transformer_config: dict[str, Any] | None = None
         self.base_norms: dict[str, dict[str, ModuleNorm]] = {}  # component -> ‖W‖² per Linear, at load
+        self._compile = CompiledMode()
         self.reports: dict[Path, MatchReport] = {}  # match report of each loaded file
         # Counters that tests and benchmarks read.
         self.lora_file_reads = 0
@@ -188,8 +146,9 @@ class PipelineManager:
         return pipe
 
     def configure_memory(self, memory: MemoryConfig) -> bool:
-        """Set the memory mode; reloads the model when placement or precision change. True if reloaded."""
+        """Set the memory mode; True when it reloaded the model (placement or precision changed; not compile)."""
         check_device(memory, self.device)
+        self._check_compile(memory)
         with self._lock:
             previous, self.memory = self.memory, memory
             if self.pipe is None:
@@ -212,6 +171,7 @@ class PipelineManager:
             self._weights.clear()
             self._fused = False
             self._shift = None
+            self._compile.reset()
             lora_ops.release_memory()
 
     def _require_model(self) -> None:
@@ -256,12 +216,11 @@ class PipelineManager:
         """
         with self._lock:
             self._require_model()
-            plan = plan_stack(
-                stack,
-                roots=self.settings.resolved_lora_dirs(),
-                components=self.components(),
-                loaded={key: lora.identity for key, lora in self._loras.items()},
-            )
+            plan = self._plan(stack)
+            if self._sync_compiled(plan):  # into or out of compiled mode: every LoRA loads again
+                plan = self._plan(stack)
+            if self._compile.active:  # the LoRAs run in the compiled blocks' room, never fused
+                fuse = keep_fused = False
             unchanged = (
                 plan.weights == self._weights
                 and not plan.to_load
@@ -272,15 +231,49 @@ class PipelineManager:
                 return plan
             if fuse and (refusal := fuse_refusal(self.memory)):
                 raise ValidationError(refusal)
-            with self._oom_guard("loading the LoRAs"):
-                if self._fused:
-                    self._unfuse()
-                self._delete(plan.to_delete)
-                self._load(plan)
-                self._set_weights(plan.weights)
-                if fuse:
-                    self._fuse()
+            try:
+                with self._oom_guard("loading the LoRAs"):
+                    if self._fused:
+                        self._unfuse()
+                    self._delete(plan.to_delete)
+                    self._load(plan)
+                    self._set_weights(plan.weights)
+                    if fuse:
+                        self._fuse()
+            except NotCompilable as exc:  # that file's stacks run uncompiled: load it all again
+                self._compile.refuse(exc, exc.identity.path.name)
+                return self.apply_stack(stack, fuse=fuse, keep_fused=keep_fused)
             return plan
+
+    def _plan(self, stack: Stack) -> AdapterPlan:
+        return plan_stack(
+            stack,
+            roots=self.settings.resolved_lora_dirs(),
+            components=self.components(),
+            loaded={key: lora.identity for key, lora in self._loras.items()},
+        )
+
+    def _check_compile(self, memory: MemoryConfig) -> None:
+        mode = effective_mode(memory, is_demo=self.spec is None or self.spec.is_demo)
+        if memory.compile and (refusal := compile_refusal(mode, self.device)):
+            raise ValidationError(refusal)
+
+    def _sync_compiled(self, plan: AdapterPlan) -> bool:
+        """Prepare or release the experts to match compiled mode (dropping all LoRAs); True if changed."""
+        kept = {lora.identity for key, lora in self._loras.items() if key not in plan.to_delete}
+        wanted = self._compile.wanted(self.memory.compile, set(plan.to_load) | kept)
+        if wanted == self._compile.active:
+            return False
+        if wanted:
+            self._check_compile(self.memory)
+        if self._fused:
+            self._unfuse()
+        self._delete(list(self._loras))
+        self._weights = {}
+        models = [getattr(self.pipe, c) for c in self.components().values()]
+        self._compile.switch(models, wanted, rows=self.memory.compile_lora_rank, dtype_of=lora_compute_dtype)
+        lora_ops.release_memory()
+        return True
 
     @contextlib.contextmanager
     def _oom_guard(self, doing: str, settings: RenderSettings | None = None):
@@ -292,7 +285,7 @@ class PipelineManager:
         except torch.OutOfMemoryError:
             self._recover_from_oom()
             advice = (
-                _oom_advice(settings)
+                oom_advice(settings)
                 if settings is not None
                 else (
                     f"The GPU ran out of memory {doing}. Remove a LoRA, or choose a memory mode with offloading; "
@@ -307,8 +300,10 @@ class PipelineManager:
             by_component.setdefault(component, []).append(adapter)
             self._loras.pop((component, adapter), None)
         for component, adapters in by_component.items():
-            # Leaves no tensor behind; layers left without adapters run at full speed again.
-            lora_ops.delete_adapters(getattr(self.pipe, component), adapters)
+            model = getattr(self.pipe, component)
+            if not self._compile.delete(model, adapters):  # compiled: rows zeroed, the graph stays
+                # Leaves no tensor behind; layers left without adapters run at full speed again.
+                lora_ops.delete_adapters(model, adapters)
 
     def _load(self, plan: AdapterPlan) -> None:
         """Read each new file once, check it fits the model, load it into its expert(s)."""
@@ -323,11 +318,14 @@ class PipelineManager:
                     self._fault("lora_load")
                     self._load_adapter(component, adapter, prepared)
                     keep_lora_in_compute_dtype(getattr(self.pipe, component), adapter)
+                except lora_slots.NotHotswappable as exc:
+                    self._discard_partial(component, adapter)
+                    raise NotCompilable(identity, str(exc)) from None
                 except BaseException as exc:
                     self._discard_partial(component, adapter)
-                    if isinstance(exc, StudioError) or not isinstance(exc, Exception) or _is_oom(exc):
+                    if isinstance(exc, StudioError) or not isinstance(exc, Exception) or is_oom(exc):
                         raise
-                    raise _lora_load_error(identity.path, exc) from None
+                    raise lora_load_error(identity.path, exc) from None
                 self._loras[(component, adapter)] = LoadedLora(
                     adapter, component, identity, prepared.info.sha256
                 )
@@ -336,6 +334,8 @@ class PipelineManager:
     def _load_adapter(self, component: str, adapter: str, prepared) -> None:
         """The fast path (the file's tensors become the adapter); diffusers' loader for what it can't do."""
         model = getattr(self.pipe, component)
+        if self._compile.load(model, prepared.state_dict, adapter):  # compiled: into the LoRA room
+            return
         try:
             if self.memory.mode == "sequential":  # accelerate hooks on every leaf: diffusers lifts them
                 raise lora_ops.UnsupportedLora("sequential offload")
@@ -356,6 +356,8 @@ class PipelineManager:
     def _discard_partial(self, component: str, adapter: str) -> None:
         """Remove what a failed load left of ``adapter`` in ``component`` (so a retry can load it)."""
         model = getattr(self.pipe, component)
+        if self._compile.delete(model, [adapter]):
+            return
         if adapter in (getattr(model, "peft_config", None) or {}) or adapter in lora_ops.adapter_names(model):
             lora_ops.delete_adapters(model, [adapter])
 
@@ -387,7 +389,7 @@ class PipelineManager:
         Fusing matches the unfused output to float rounding, is undone exactly (from a backup) and
         costs a fixed amount per module: it pays off for real renders (32,760 tokens at 480p) only.
         """
-        if not self._weights:
+        if not self._weights or self._compile.active:
             return False
         tokens, forwards = lora_ops.render_forwards(
             frames=settings.frames, height=settings.height, width=settings.width, steps=settings.steps,
@@ -442,11 +444,17 @@ class PipelineManager:
 
         cancel = cancel or CancelToken()
         with self._lock:
+            self._compile.notices = []
             try:
-                return self._render(request, progress, cancel)
+                try:
+                    return self._render(request, progress, cancel)
+                except Exception as exc:
+                    if not self._compile.failed(exc):  # compiling failed: compiled mode off, render again
+                        raise
+                    return self._render(request, progress, cancel)
             except (torch.OutOfMemoryError, OutOfMemory):
                 self._recover_from_oom()
-                raise OutOfMemory(_oom_advice(request.settings)) from None
+                raise OutOfMemory(oom_advice(request.settings)) from None
             finally:
                 if self.pipe is not None:
                     self.pipe._interrupt = False
@@ -476,6 +484,7 @@ class PipelineManager:
             with self._oom_guard("fusing the LoRAs"):
                 self._fuse()
         timings["apply_stack_s"] = time.perf_counter() - t0
+        self._compile.start_render(request.fuse)
         if cancel.cancelled:
             raise RenderCancelled()
         self._set_shift(settings.shift)
@@ -515,6 +524,7 @@ class PipelineManager:
             return_dict=True,
         )
         timings["denoise_s"] = time.perf_counter() - t1
+        self._compile.end_denoise()
         if cancel.cancelled:
             raise RenderCancelled()
         latents = out.frames
@@ -531,7 +541,8 @@ class PipelineManager:
             experts_per_step=experts,
             loras=self.lora_records(),
             timings=timings,
-            model=_model_record(spec, self.load_dtype(spec)),
+            model=model_record(spec, self.load_dtype(spec), compiled=self._compile.active),
+            notices=list(self._compile.notices),
         )
 
     def decode(self, latents) -> np.ndarray:
@@ -577,37 +588,3 @@ class PipelineManager:
                 self._unfuse()
             self.pipe.maybe_free_model_hooks()
         lora_ops.release_memory()  # gc, the CUDA cache and glibc's free pages
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError)
-
-
-def _model_record(spec: ModelSpec, dtype) -> dict[str, Any]:
-    name = str(dtype).removeprefix("torch.")  # the dtype the model was loaded (and computes) in
-    return {
-        "name": spec.name,
-        "repo_id": spec.repo_id,
-        "label": spec.label,
-        "demo": spec.is_demo,
-        "dtype": name,
-    }
-
-
-def _oom_advice(settings: RenderSettings) -> str:
-    return (
-        f"The GPU ran out of memory rendering {settings.frames} frames at {settings.width}×{settings.height}. "
-        "Try fewer frames, a lower resolution, a memory mode with offloading, or VAE tiling; the model "
-        "is still loaded and the next render can go ahead."
-    )
-
-
-def _lora_load_error(path: Path, exc: Exception) -> StudioError:
-    from studio.errors import LoraFileError
-
-    return LoraFileError(
-        f"{path.name} could not be loaded into the model ({type(exc).__name__}: {exc}). "
-        "It may be a LoRA for another model or a format the studio does not support."
-    )

@@ -10,6 +10,9 @@
   model was loaded in (bf16 on a GPU), on top of any mode. LoRA layers stay in the compute
   precision, and fusing is not available (nor with ``sequential``: see :func:`fuse_refusal`).
 - ``vae_tiling``: the VAE decodes in tiles (lower decode peak).
+- ``compile``: compiled mode (:mod:`studio.engine.compile`): the experts' blocks run through
+  ``torch.compile`` with ``compile_lora_rank`` LoRA rows per expert that hot-swap without
+  recompiling. Turning it on or off reloads no weights.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ MODES: tuple[str, ...] = ("auto", "gpu", "model-offload", "group-offload", "sequ
 PRECISIONS: tuple[str, ...] = ("bf16", "fp8")
 CUDA_MODES = {"gpu", "model-offload", "group-offload", "sequential"}
 TRANSFORMERS = ("transformer", "transformer_2")
+MAX_COMPILE_LORA_RANK = 4096
 
 
 @dataclass(frozen=True)
@@ -32,15 +36,22 @@ class MemoryConfig:
     mode: Mode = "auto"
     precision: Precision = "bf16"
     vae_tiling: bool = False
+    compile: bool = False
+    compile_lora_rank: int = 128  # LoRA rows per expert in compiled mode (studio.engine.compile)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValidationError(f"Unknown memory mode {self.mode!r}; choose one of {', '.join(MODES)}.")
         if self.precision not in PRECISIONS:
             raise ValidationError(f"Unknown precision {self.precision!r}; choose bf16 or fp8.")
+        if not 1 <= int(self.compile_lora_rank) <= MAX_COMPILE_LORA_RANK:
+            raise ValidationError(
+                f"The LoRA room of compiled mode must be 1 to {MAX_COMPILE_LORA_RANK} rows "
+                f"(got {self.compile_lora_rank}); 128 holds e.g. a rank-64 LoRA and two rank-32 ones."
+            )
 
     def needs_reload_from(self, other: MemoryConfig) -> bool:
-        """Placement and precision are set when the model loads; VAE tiling can change any time."""
+        """Placement and precision are set when the model loads; VAE tiling and compiled mode can change any time."""
         return (self.mode, self.precision) != (other.mode, other.precision)
 
 
