@@ -221,12 +221,15 @@ def header_size_from_prefix(path: Path, head: bytes, file_size: int) -> int:
     """
     if len(head) < 8:
         raise _broken(path, f"it is only {len(head)} bytes long (the download was probably cut off)")
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    header_size = int.from_bytes(head[:8], "little")
+    # A pickle starts with 0x80 (its protocol opcode), but so does a real header of 128, 384, 640, …
+    # bytes: only a length that cannot be a header (bigger than the cap or the file) says pickle.
+    fits = header_size <= MAX_HEADER_BYTES and 8 + header_size <= file_size
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and not fits):
         raise LoraFileError(
             f"{path.name} is a PyTorch pickle file renamed to .safetensors; the studio does not load "
             "pickles because they can run code. Get the real .safetensors version of this LoRA."
         )
-    header_size = int.from_bytes(head[:8], "little")
     if header_size > MAX_HEADER_BYTES:
         raise _broken(
             path,
