@@ -9,6 +9,8 @@ Environment variables (a Space sets these in its settings):
 - ``STUDIO_OUTPUTS``: where renders are written (default ``./outputs``).
 - ``STUDIO_CACHE``: where the demo model and other caches live (default ``./.studio-cache``).
 - ``STUDIO_PRESETS``: the user's presets folder (default ``./user_presets``).
+- ``STUDIO_DEMO_LORAS``: ``0`` leaves out the demo LoRAs the studio builds for the demo model
+  (in ``<cache>/demo-loras``, listed in the library only while the demo model is loaded).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+DEMO_LORA_DIRNAME = "demo-loras"  # inside cache_dir: the demo LoRAs (studio.loras.demo_loras)
 
 
 def _split_dirs(value: str | None) -> list[Path]:
@@ -32,6 +36,9 @@ class Settings:
     presets_dir: Path = Path("user_presets")  # the user's own presets (shipped ones live in ./presets)
     model: str | None = None  # None: pick the default (see studio.models.registry.default_model_name)
     extra: dict[str, str] = field(default_factory=dict)
+    # Build demo LoRAs for the demo model and list them while it is loaded. from_env turns it on
+    # (the app and the CLI); code that builds Settings itself opts in.
+    demo_loras: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
@@ -43,6 +50,7 @@ class Settings:
             cache_dir=Path(env.get("STUDIO_CACHE") or ".studio-cache"),
             presets_dir=Path(env.get("STUDIO_PRESETS") or "user_presets"),
             model=env.get("STUDIO_MODEL") or None,
+            demo_loras=env.get("STUDIO_DEMO_LORAS", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
         return settings.with_(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -54,5 +62,20 @@ class Settings:
                 changes[key] = Path(changes[key])
         return replace(self, **changes)
 
+    @property
+    def demo_lora_dir(self) -> Path:
+        """The demo LoRAs' own folder (never one of the user's LoRA folders)."""
+        return self.cache_dir / DEMO_LORA_DIRNAME
+
     def resolved_lora_dirs(self) -> list[Path]:
-        return [p.expanduser().resolve() for p in self.lora_dirs]
+        """The LoRA folders files may be loaded from: the user's, then the demo folder when enabled.
+
+        Stack paths into the demo folder resolve whatever the model (a stack or preset made with
+        the demo model stays valid); the library lists the folder only while the demo model runs.
+        """
+        dirs = [p.expanduser().resolve() for p in self.lora_dirs]
+        if self.demo_loras:
+            demo = self.demo_lora_dir.expanduser().resolve()
+            if demo not in dirs:
+                dirs.append(demo)
+        return dirs

@@ -254,4 +254,6 @@ def test_a_header_length_starting_with_the_pickle_byte_is_read(tmp_path):
         raise AssertionError("no padding gave a header length whose first byte is 0x80")
     header = read_header(path)
     assert header.metadata["note"] == "x" * pad
-    assert torch.equal(load_state_dict(path)["transformer.blocks.0.attn1.to_q.lora_A.weight"], torch.ones(2, 4))
+    assert torch.equal(
+        load_state_dict(path)["transformer.blocks.0.attn1.to_q.lora_A.weight"], torch.ones(2, 4)
+    )
