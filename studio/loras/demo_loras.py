@@ -101,8 +101,8 @@ def ensure_demo_loras(folder: Path, transformer_config: Mapping[str, Any] | None
     missing = [lora for lora in DEMO_LORAS if not is_current(folder / lora.file)]
     if not missing:
         return folder
-    from studio.models.demo import TRANSFORMER_CONFIG
     from studio.loras.synthetic import make_lora_tensors
+    from studio.models.demo import TRANSFORMER_CONFIG
 
     config = dict(TRANSFORMER_CONFIG if transformer_config is None else transformer_config)
     folder.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,7 @@ TEXT_LEN = 512  # the pipelines pad every prompt to 512 tokens
 
 
 def _demo_text_encoder() -> dict[str, Any]:
-    from studio.models.registry import demo as demo_model
+    from studio.models import demo as demo_model
 
     return dict(demo_model.TEXT_ENCODER_CONFIG)
 
@@ -183,7 +183,7 @@ TI2V_5B = ModelShapes(
 
 
 def demo_shapes() -> ModelShapes:
-    from studio.models.registry import demo as demo_model
+    from studio.models import demo as demo_model
 
     return ModelShapes(
         name="demo",
