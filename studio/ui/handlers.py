@@ -116,9 +116,7 @@ def library_table(
     elif query and query.strip():
         count = f"{len(shown)} of {len(items)} LoRAs match “{query.strip()}”."
     else:
-        count = (
-            f"{len(items)} LoRA{'s' if len(items) != 1 else ''}. Click a column to sort, a row to pick it."
-        )
+        count = f"{len(items)} LoRA{'s' if len(items) != 1 else ''}. Sort with a column’s ⋮ menu; click a row to pick it."
     return [row for row, _ in shown], [item_id for _, item_id in shown], status(count, "info")
 
 
