@@ -15,7 +15,7 @@ from studio.ui.api import register_api
 from studio.ui.compare_tab import build_compare_tab
 from studio.ui.history_tab import build_history_tab
 from studio.ui.hub_panel import build_hub_tab
-from studio.ui.library_view import TABLE_HEADERS, TABLE_TYPES
+from studio.ui.library_view import TABLE_HEADERS, TABLE_TYPES, TABLE_WIDTHS
 from studio.ui.presets_panel import build_presets_panel
 from studio.ui.refs import EditorRefs
 from studio.ui.vram_panel import build_vram_panel
@@ -189,6 +189,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     library_table = gr.Dataframe(
                         headers=TABLE_HEADERS,
                         datatype=TABLE_TYPES,
+                        column_widths=TABLE_WIDTHS,
                         interactive=False,
                         wrap=True,
                         max_height=360,

@@ -41,6 +41,7 @@ def choice_label(item: LibraryItem, compat: Compat) -> str:
 
 TABLE_HEADERS = ["Name", "Layout", "Base model", "Experts", "Rank", "Size (kB)", "Badge", "File"]
 TABLE_TYPES = ["str", "str", "str", "str", "number", "number", "str", "str"]
+TABLE_WIDTHS = ["15%", "12%", "13%", "12%", "7%", "8%", "11%", "22%"]  # room for each column's ⋮ menu
 
 
 def _ranks(item: LibraryItem) -> list[int]:
@@ -108,7 +109,8 @@ def details_html(item: LibraryItem, compat: Compat, *, demo: bool = False) -> st
     if demo:
         rows.append(("Note", DEMO_NOTE))
     if item.error:
-        rows.append(("Problem", item.error))
+        files = item.rel_path or " + ".join(p for p in (item.high_rel_path, item.low_rel_path) if p)
+        rows += [("File", files), ("Problem", item.error)]
     for info, role in zip(item.infos, ("high", "low") if item.kind == "pair" else ("",), strict=False):
         prefix = f"{role}-noise file " if role else ""
         rows += [
