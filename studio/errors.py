@@ -1,11 +1,16 @@
 """The studio's own error types.
 
 Every error a user can cause is a ``StudioError`` whose message is a sentence that
-says what went wrong and what to do about it. The UI and CLI show ``str(error)``
-as is; anything else escaping the engine is a bug.
+says what went wrong and what to do about it. The CLI shows ``str(error)`` as is; the
+web UI shows it through :func:`without_server_paths` (a Space must not reveal where it
+keeps its files); anything else escaping the engine is a bug.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
 
 
 class StudioError(Exception):
@@ -37,3 +42,23 @@ class OutOfMemory(StudioError):
 
 class OutputError(StudioError):
     """The video or its sidecar could not be written."""
+
+
+# An absolute POSIX path of two or more parts, not inside a word, a URL or a relative path.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.+@~-]+/)+[\w.+@~-]*")
+
+
+def without_server_paths(text: str, folders: Iterable[tuple[Path | str, str]] = ()) -> str:
+    """``text`` with the server's absolute paths taken out, for messages shown in the browser.
+
+    ``folders`` are ``(absolute folder, display name)`` pairs (the LoRA folders, the outputs
+    folder, …): a path inside one is named relative to it (``sub/style.safetensors``), the
+    folder itself by its display name. Any other absolute path is named by its last part.
+    """
+    pairs = sorted(((str(Path(f)), name) for f, name in folders), key=lambda p: len(p[0]), reverse=True)
+    for folder, name in pairs:
+        if folder in ("", "/", "."):
+            continue
+        text = re.sub(re.escape(folder) + r"/+(?=[^\s/])", "", text)
+        text = re.sub(re.escape(folder) + r"(?![\w.+@~-])", name, text)
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", text)

@@ -8,6 +8,8 @@ call these methods.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +22,11 @@ from studio.doctor.report import DoctorReport
 from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, RenderResult, StepEvent
 from studio.engine.memory import MemoryConfig, effective_mode
 from studio.engine.zerogpu import gpu_seconds, on_gpu
-from studio.errors import LoraFileError, OutOfMemory
+from studio.errors import LoraFileError, OutOfMemory, without_server_paths
 from studio.hub.client import HubClient
 from studio.hub.resolve import HubContext, fit_of, is_repo_source, resolve_stack
 from studio.loras.compat import Compat, check_compat
+from studio.loras.demo_loras import ensure_demo_loras
 from studio.loras.inspect import inspect_lora
 from studio.loras.library import LibraryItem, LoraLibrary
 from studio.loras.sources import FileIdentity, resolve_source
@@ -109,14 +112,33 @@ class Studio:
         return self.manager.load_model(name)
 
     # -------------------------------------------------------------- library
-    def library(self, *, refresh: bool = False) -> list[LibraryItem]:
+    def library(self, *, refresh: bool = False, cached: bool = False) -> list[LibraryItem]:
         """LoRA files and pairs under the LoRA folders, then those downloaded from the Hub.
 
-        A rescan reads only new or changed files.
+        With the demo model loaded (and ``settings.demo_loras``) the demo LoRAs come last among
+        the local files, built first where missing; with another model they are left out.
+        A rescan reads only new or changed files; ``cached`` returns the last scan's items
+        (scanning once if there was none).
         """
+        if cached and self._items:
+            return list(self._items)
+        demo = self.demo_loras_listed()
+        if demo:
+            with contextlib.suppress(OSError):  # a read-only cache: the library goes on without them
+                ensure_demo_loras(self.settings.demo_lora_dir)
         local = self.lora_library.refresh() if refresh else self.lora_library.scan()
+        if not demo:
+            local = [item for item in local if not self.is_demo_item(item)]
         self._items = [*local, *self.hub.library_items()]
         return self._items
+
+    def demo_loras_listed(self) -> bool:
+        """Whether the library shows the demo LoRAs now (the demo model is loaded)."""
+        return self.settings.demo_loras and self.spec.is_demo
+
+    def is_demo_item(self, item: LibraryItem) -> bool:
+        """Whether ``item`` is one of the demo LoRAs the studio built (in its own folder)."""
+        return self.settings.demo_loras and Path(item.root) == self.settings.demo_lora_dir.resolve()
 
     def library_item(self, item_id: str) -> LibraryItem:
         item = next((i for i in self._items if i.id == item_id), None)
@@ -140,6 +162,30 @@ class Studio:
         if compat.level == "incompatible":
             raise LoraFileError(f"{item.label} cannot be added: {compat.reason}")
         return item.to_stack_entry(), compat
+
+    # --------------------------------------------------------------- messages
+    def public_folders(self) -> list[tuple[Path, str]]:
+        """``(absolute folder, name to show)`` for the folders messages may mention."""
+
+        def shown(configured: Path, resolved: Path) -> str:
+            return str(configured) if not configured.is_absolute() else resolved.name
+
+        folders: list[tuple[Path, str]] = []
+        for configured in self.settings.lora_dirs:
+            with contextlib.suppress(OSError, RuntimeError):
+                folders.append((configured.expanduser().resolve(), shown(configured, configured.resolve())))
+        if self.settings.demo_loras:
+            folders.append((self.settings.demo_lora_dir.resolve(), "demo-loras"))
+        for configured in (self.settings.outputs_dir, self.settings.presets_dir, self.settings.cache_dir):
+            with contextlib.suppress(OSError, RuntimeError):
+                folders.append((configured.expanduser().resolve(), shown(configured, configured.resolve())))
+        with contextlib.suppress(OSError):
+            folders.append((Path(os.getcwd()), "."))
+        return folders
+
+    def public_message(self, text: str) -> str:
+        """``text`` as the browser may show it: files named relative to their LoRA folder, no server paths."""
+        return without_server_paths(text, self.public_folders())
 
     # ----------------------------------------------------------------- memory
     def lora_loads(self, stack: Stack, *, fuse: bool = False) -> list[LoraLoad]:

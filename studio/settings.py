@@ -11,6 +11,8 @@ Environment variables (a Space sets these in its settings):
 - ``STUDIO_PRESETS``: the user's presets folder (default ``./user_presets``).
 - ``STUDIO_DTYPE``: the precision the model is loaded in: ``float32``, ``bfloat16`` or
   ``float16`` (also ``fp32``/``bf16``/``fp16``). Unset: bfloat16 on a GPU, float32 on the CPU.
+- ``STUDIO_DEMO_LORAS``: ``0`` leaves out the demo LoRAs the studio builds for the demo model
+  (in ``<cache>/demo-loras``, listed in the library only while the demo model is loaded).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def parse_dtype(value: str | None) -> str | None:
     return name
 
 
+DEMO_LORA_DIRNAME = "demo-loras"  # inside cache_dir: the demo LoRAs (studio.loras.demo_loras)
+
+
 def _split_dirs(value: str | None) -> list[Path]:
     if not value:
         return []
@@ -53,6 +58,9 @@ class Settings:
     model: str | None = None  # None: pick the default (see studio.models.registry.default_model_name)
     dtype: str | None = None  # None: the model's dtype on a GPU (bfloat16), float32 on the CPU
     extra: dict[str, str] = field(default_factory=dict)
+    # Build demo LoRAs for the demo model and list them while it is loaded. from_env turns it on
+    # (the app and the CLI); code that builds Settings itself opts in.
+    demo_loras: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", parse_dtype(self.dtype))
@@ -68,6 +76,7 @@ class Settings:
             presets_dir=Path(env.get("STUDIO_PRESETS") or "user_presets"),
             model=env.get("STUDIO_MODEL") or None,
             dtype=env.get("STUDIO_DTYPE") or None,
+            demo_loras=env.get("STUDIO_DEMO_LORAS", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
         return settings.with_(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -79,5 +88,20 @@ class Settings:
                 changes[key] = Path(changes[key])
         return replace(self, **changes)
 
+    @property
+    def demo_lora_dir(self) -> Path:
+        """The demo LoRAs' own folder (never one of the user's LoRA folders)."""
+        return self.cache_dir / DEMO_LORA_DIRNAME
+
     def resolved_lora_dirs(self) -> list[Path]:
-        return [p.expanduser().resolve() for p in self.lora_dirs]
+        """The LoRA folders files may be loaded from: the user's, then the demo folder when enabled.
+
+        Stack paths into the demo folder resolve whatever the model (a stack or preset made with
+        the demo model stays valid); the library lists the folder only while the demo model runs.
+        """
+        dirs = [p.expanduser().resolve() for p in self.lora_dirs]
+        if self.demo_loras:
+            demo = self.demo_lora_dir.expanduser().resolve()
+            if demo not in dirs:
+                dirs.append(demo)
+        return dirs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,71 @@ def test_lora_badges_do_not_wait_for_a_running_render(studio, start_image, make_
     assert time.monotonic() - t0 < 1.0 and not done.is_set()
     studio.cancel("r")
     thread.join(60)
+
+
+# ----------------------------------------------------------------- the demo LoRAs
+def test_with_the_demo_model_the_library_offers_the_demo_loras(settings, make_lora):
+    make_lora("mine.safetensors")
+    studio = Studio(settings.with_(demo_loras=True))
+    studio.manager.load_model("demo")
+    items = studio.library()
+    assert [i.label for i in items] == ["mine", "demo-motion", "demo-pair", "demo-style"]  # the user's first
+    by_label = {i.label: i for i in items}
+    assert [studio.is_demo_item(i) for i in items] == [False, True, True, True]
+    assert (by_label["demo-style"].kind, by_label["demo-style"].expert) == ("single", "low")
+    assert (by_label["demo-motion"].kind, by_label["demo-motion"].expert) == ("single", None)
+    assert by_label["demo-pair"].kind == "pair"
+    assert all(studio.compat(i).level == "compatible" for i in items)
+    assert Path(by_label["demo-pair"].root) == settings.demo_lora_dir.resolve()
+    assert not settings.demo_lora_dir.resolve().is_relative_to(settings.lora_dirs[0].resolve())
+    entry, _ = studio.entry_for(by_label["demo-style"].id)
+    assert (
+        entry.high is None and entry.weight_high == 0.0 and entry.low.path.endswith("demo-style.safetensors")
+    )
+
+
+def test_without_the_demo_model_or_the_setting_the_demo_loras_stay_out(
+    settings, make_lora, demo_model_dir, tmp_path
+):
+    import shutil
+
+    make_lora("mine.safetensors")
+    off = Studio(settings)  # demo_loras is off unless asked for (Settings.from_env turns it on)
+    off.manager.load_model("demo")
+    assert [i.label for i in off.library()] == ["mine"]
+
+    real_like = tmp_path / "pipeline"
+    shutil.copytree(demo_model_dir, real_like)
+    (real_like / "studio_demo.json").unlink()  # now a local folder model, not the demo
+    studio = Studio(settings.with_(demo_loras=True))
+    studio.manager.load_model(str(real_like))
+    assert not studio.spec.is_demo and not studio.demo_loras_listed()
+    assert [i.label for i in studio.library()] == ["mine"]
+
+
+def test_settings_from_env_build_the_demo_loras_unless_told_not_to(tmp_path):
+    from studio.settings import Settings
+
+    on = Settings.from_env({"STUDIO_CACHE": str(tmp_path)})
+    assert on.demo_loras and on.demo_lora_dir == tmp_path / "demo-loras"
+    assert on.demo_lora_dir.resolve() in on.resolved_lora_dirs()
+    off = Settings.from_env({"STUDIO_CACHE": str(tmp_path), "STUDIO_DEMO_LORAS": "0"})
+    assert not off.demo_loras and off.demo_lora_dir.resolve() not in off.resolved_lora_dirs()
+
+
+# ----------------------------------------------------------------- messages without server paths
+def test_public_messages_name_files_relative_to_their_lora_folder(studio, settings, lora_dir, make_lora):
+    from studio.errors import LoraFileError
+    from studio.loras.sources import resolve_local
+
+    (lora_dir / "sub").mkdir()
+    path = make_lora("sub/gone.safetensors")
+    path.unlink()
+    with pytest.raises(LoraFileError) as exc:
+        resolve_local(str(path), settings.resolved_lora_dirs())
+    assert str(lora_dir) in str(exc.value)  # the CLI keeps the full path
+    shown = studio.public_message(str(exc.value))
+    assert "'sub/gone.safetensors'" in shown
+    assert str(lora_dir.parent) not in shown and "/" + lora_dir.parent.name not in shown
+    outside = studio.public_message(f"{settings.outputs_dir.resolve()}/x.mp4 and /opt/secret/place/y.json")
+    assert outside == "x.mp4 and y.json"

@@ -148,7 +148,7 @@ def build_compare_tab(studio: Studio, refs: EditorRefs) -> None:
         try:
             options = render_choices(history)
         except StudioError as exc:
-            return gr.skip(), h.status(str(exc), "error")
+            return gr.skip(), h.error(studio, exc)
         known = {name for _, name in options}
         return gr.CheckboxGroup(choices=options, value=[n for n in current or [] if n in known]), gr.skip()
 
@@ -193,7 +193,12 @@ def build_compare_tab(studio: Studio, refs: EditorRefs) -> None:
         try:
             player_value, diff_value, state = view_outputs(outputs_dir, names)
         except StudioError as exc:
-            return message_html(str(exc)), "", {"videos": [], "labels": []}, gr.DownloadButton(visible=False)
+            return (
+                message_html(studio.public_message(str(exc))),
+                "",
+                {"videos": [], "labels": []},
+                gr.DownloadButton(visible=False),
+            )
         return player_value, diff_value, state, gr.DownloadButton(visible=False)
 
     choices.input(
@@ -244,9 +249,9 @@ def build_compare_tab(studio: Studio, refs: EditorRefs) -> None:
 
             result = run_comparison(studio, pairs, session=h._session(request), progress=on_step)
         except RenderCancelled as exc:
-            return (*skip, h.status(str(exc), "info"))
+            return (*skip, h.error(studio, exc, "info"))
         except StudioError as exc:
-            return (*skip, h.status(str(exc), "error"))
+            return (*skip, h.error(studio, exc))
         names = [p.name for p in result.videos]
         seed = pairs[0][1].settings.seed
         message = (
@@ -311,14 +316,14 @@ def build_compare_tab(studio: Studio, refs: EditorRefs) -> None:
                 paths, labels if len(labels) == len(paths) else [p.stem for p in paths], out
             )
         except StudioError as exc:
-            return gr.DownloadButton(visible=False), h.status(str(exc), "error")
+            return gr.DownloadButton(visible=False), h.error(studio, exc)
         except OSError as exc:
-            return gr.DownloadButton(visible=False), h.status(
-                f"The export could not be written ({exc}).", "error"
+            return gr.DownloadButton(visible=False), h.error(
+                studio, f"The export could not be written ({exc})."
             )
         return (
             gr.DownloadButton(value=str(written), visible=True),
-            h.status(f"Exported {len(paths)} videos side by side to {written}.", "ok"),
+            h.status(studio.public_message(f"Exported {len(paths)} videos side by side to {written}."), "ok"),
         )
 
     export_btn.click(export, inputs=[view], outputs=[download, status], **private)

@@ -15,11 +15,11 @@ from typing import Any
 import gradio as gr
 
 from studio.engine.memory import MemoryConfig
-from studio.errors import RenderCancelled, StudioError
+from studio.errors import RenderCancelled, StudioError, without_server_paths
 from studio.media.images import load_start_image
 from studio.service import Studio
 from studio.stack.schema import RenderSettings, Stack, build
-from studio.ui.library_view import choice_label, details_html, trigger_words
+from studio.ui.library_view import choice_label, details_html, filter_rows, table_row, trigger_words
 from studio.vram.nvml import card_bytes
 
 SLIDER_MIN, SLIDER_MAX = -2.0, 4.0
@@ -34,8 +34,19 @@ def from_stack(stack: Stack) -> dict:
 
 
 def status(message: str, kind: str = "info") -> str:
-    """A status line as HTML (escaped: names in messages come from users' files)."""
-    return f'<div class="studio-status studio-status-{kind}">{html.escape(message)}</div>'
+    """A status line as HTML (escaped: names in messages come from users' files).
+
+    No absolute server path reaches the page: any left in ``message`` is cut to its last
+    part (use :func:`error` to name files relative to their LoRA folder instead).
+    """
+    return (
+        f'<div class="studio-status studio-status-{kind}">{html.escape(without_server_paths(message))}</div>'
+    )
+
+
+def error(studio: Studio, exc: BaseException | str, kind: str = "error") -> str:
+    """A status line for an error, its files named relative to their folders (see Studio.public_message)."""
+    return status(studio.public_message(str(exc)), kind)
 
 
 def settings_from_widgets(
@@ -88,9 +99,34 @@ def library_details(studio: Studio, item_id: str | None) -> str:
         return ""
     try:
         item = studio.library_item(item_id)
-        return details_html(item, studio.compat(item))
+        return studio.public_message(details_html(item, studio.compat(item), demo=studio.is_demo_item(item)))
     except StudioError as exc:
-        return status(str(exc), "error")
+        return error(studio, exc)
+
+
+def library_table(
+    studio: Studio, query: str = "", *, cached: bool = True
+) -> tuple[list[list], list[str], str]:
+    """The library table's rows matching ``query``, their item ids (same order) and a count line."""
+    items = studio.library(cached=cached)
+    rows = [(table_row(item, studio.compat(item)), item.id) for item in items]
+    shown = filter_rows(rows, query)
+    if not items:
+        count = "No LoRA files yet: put .safetensors files in a LoRA folder and press Refresh."
+    elif query and query.strip():
+        count = f"{len(shown)} of {len(items)} LoRAs match “{query.strip()}”."
+    else:
+        count = f"{len(items)} LoRA{'s' if len(items) != 1 else ''}. Sort with a column’s ⋮ menu; click a row to pick it."
+    return [row for row, _ in shown], [item_id for _, item_id in shown], status(count, "info")
+
+
+def pick_from_table(ids: list[str], evt: gr.SelectData):
+    """The library dropdown's value for the table row that was clicked."""
+    try:
+        row = int(evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index)
+        return ids[row]
+    except (IndexError, TypeError, ValueError):
+        return gr.skip()
 
 
 def add_lora(studio: Studio, state: dict, item_id: str | None):
@@ -100,7 +136,7 @@ def add_lora(studio: Studio, state: dict, item_id: str | None):
     try:
         entry, compat = studio.entry_for(item_id)
     except StudioError as exc:
-        return state, status(str(exc), "error")
+        return state, error(studio, exc)
     stack = to_stack(state).added(entry)
     where = {("high", "low"): "both experts"}.get(
         tuple(entry.applies_to()), " and ".join(entry.applies_to()) + "-noise"
@@ -118,7 +154,7 @@ def insert_trigger_words(studio: Studio, item_id: str | None, prompt: str):
     try:
         words = trigger_words(studio.library_item(item_id))
     except StudioError as exc:
-        return gr.skip(), status(str(exc), "error")
+        return gr.skip(), error(studio, exc)
     if not words:
         return gr.skip(), status("This LoRA names no trigger words in its metadata.", "info")
     missing = [w for w in words if w.lower() not in (prompt or "").lower()]
@@ -207,9 +243,9 @@ def render_from_widgets(
         )
         return video, message
     except RenderCancelled as exc:
-        return gr.skip(), status(str(exc), "info")
+        return gr.skip(), error(studio, exc, "info")
     except StudioError as exc:
-        return gr.skip(), status(str(exc), "error")
+        return gr.skip(), error(studio, exc)
 
 
 def render_api(studio: Studio, request, image, prompt: str, settings_json: str, stack_json: str, progress):
@@ -228,7 +264,7 @@ def render_api(studio: Studio, request, image, prompt: str, settings_json: str, 
     except json.JSONDecodeError as exc:
         raise gr.Error(f"settings_json is not valid JSON ({exc.msg}).") from None
     except StudioError as exc:
-        raise gr.Error(str(exc)) from None
+        raise gr.Error(studio.public_message(str(exc))) from None
 
 
 def cancel(studio: Studio, request: gr.Request):

@@ -143,7 +143,7 @@ def build_history_tab(studio: Studio, refs: EditorRefs) -> None:
         try:
             items, shown = gallery_items(history.entries(GALLERY_LIMIT))
         except StudioError as exc:
-            return gr.skip(), gr.skip(), h.status(str(exc), "error")
+            return gr.skip(), gr.skip(), h.error(studio, exc)
         return items, shown, count_html(len(shown), outputs_dir)
 
     def refresh_on_open(evt: gr.SelectData):
@@ -165,7 +165,7 @@ def build_history_tab(studio: Studio, refs: EditorRefs) -> None:
         try:
             restored = history.restore(path)
         except StudioError as exc:
-            return [*[gr.skip()] * (len(editor) + 2), h.status(str(exc), "error")]
+            return [*[gr.skip()] * (len(editor) + 2), h.error(studio, exc)]
         message, kind = restore_message(studio, restored)
         line = h.status(message, kind)
         return [
@@ -185,7 +185,11 @@ def build_history_tab(studio: Studio, refs: EditorRefs) -> None:
             index = int(evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index)
             path = resolve_render(outputs_dir, current_names[index])
         except (StudioError, IndexError, TypeError, ValueError) as exc:
-            message = str(exc) if isinstance(exc, StudioError) else "That render is no longer listed."
+            message = (
+                studio.public_message(str(exc))
+                if isinstance(exc, StudioError)
+                else "That render is no longer listed."
+            )
             return [*[gr.skip()] * (len(editor) + 2), h.status(message, "error")]
         return restore(path, version)
 
@@ -193,7 +197,7 @@ def build_history_tab(studio: Studio, refs: EditorRefs) -> None:
         try:
             path = check_drop(file)
         except StudioError as exc:
-            return [*[gr.skip()] * (len(editor) + 2), h.status(str(exc), "error"), None]
+            return [*[gr.skip()] * (len(editor) + 2), h.error(studio, exc), None]
         return [*restore(path, version), None]
 
     gallery.select(

@@ -127,7 +127,7 @@ def build_hub_tab(studio: Studio, refs: EditorRefs) -> None:
                 token=tok or None,
             )
         except StudioError as exc:
-            return gr.skip(), gr.skip(), h.status(str(exc), "error")
+            return gr.skip(), gr.skip(), h.error(studio, exc)
         repos = [r.repo_id for r in found]
         return (
             results_html(found),
@@ -151,7 +151,7 @@ def build_hub_tab(studio: Studio, refs: EditorRefs) -> None:
                 token=tok or None,
             )
         except StudioError as exc:
-            return gr.skip(), gr.skip(), None, h.status(str(exc), "error")
+            return gr.skip(), gr.skip(), None, h.error(studio, exc)
         choices = [item_choice(i) for i in listing.items]
         first_ok = next(
             (v for (label, v), i in zip(choices, listing.items, strict=True) if i.compat and i.compat.ok),
@@ -192,7 +192,7 @@ def build_hub_tab(studio: Studio, refs: EditorRefs) -> None:
                 token=tok or None,
             )
         except StudioError as exc:
-            return h.status(str(exc), "error"), gr.skip()
+            return h.error(studio, exc), gr.skip()
         choices = h.library_choices(studio)
         return (
             h.status(f"Downloaded {chosen.label}; it is now in the LoRA library.", "ok"),

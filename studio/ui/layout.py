@@ -16,6 +16,7 @@ from studio.ui.compare_tab import build_compare_tab
 from studio.ui.doctor_panel import badges_html, doctor_widgets, wire_doctor_panel
 from studio.ui.history_tab import build_history_tab
 from studio.ui.hub_panel import build_hub_tab
+from studio.ui.library_view import TABLE_HEADERS, TABLE_TYPES, TABLE_WIDTHS
 from studio.ui.presets_panel import build_presets_panel
 from studio.ui.refs import EditorRefs
 from studio.ui.vram_panel import build_vram_panel
@@ -186,6 +187,26 @@ def build_app(studio: Studio) -> gr.Blocks:
                             False, label="Render even if it won't fit", elem_id="force-render"
                         )
 
+                with gr.Accordion("LoRA library", open=True, elem_id="library-browser"):
+                    with gr.Row(equal_height=True):
+                        library_filter = gr.Textbox(
+                            label="Filter the library",
+                            placeholder="words from any column: a name, layout, base model, expert, badge…",
+                            elem_id="library-filter",
+                            scale=3,
+                        )
+                        library_count = gr.HTML("", elem_id="library-count")
+                    library_table = gr.Dataframe(
+                        headers=TABLE_HEADERS,
+                        datatype=TABLE_TYPES,
+                        column_widths=TABLE_WIDTHS,
+                        interactive=False,
+                        wrap=True,
+                        max_height=360,
+                        elem_id="library-table",
+                    )
+                    library_ids = gr.State([])  # the table rows' item ids, in row order
+
                 build_presets_panel(studio, refs)
             with gr.Tab("Hub", id="hub", elem_id="tab-hub"):
                 build_hub_tab(studio, refs)
@@ -229,11 +250,26 @@ def build_app(studio: Studio) -> gr.Blocks:
             queue=False,
         )
 
-        def refresh_library():
-            return gr.update(choices=h.library_choices(studio), value=None), ""
+        def refresh_library(query):
+            choices = h.library_choices(studio)  # rescans the folders
+            rows, ids, count = h.library_table(studio, query)
+            return gr.update(choices=choices, value=None), "", rows, ids, count
 
-        app.load(refresh_library, outputs=[library, library_card], api_visibility="private")
-        refresh_btn.click(refresh_library, outputs=[library, library_card], api_visibility="private")
+        library_outputs = [library, library_card, library_table, library_ids, library_count]
+        app.load(refresh_library, inputs=[library_filter], outputs=library_outputs, api_visibility="private")
+        refresh_btn.click(
+            refresh_library, inputs=[library_filter], outputs=library_outputs, api_visibility="private"
+        )
+        library_filter.change(
+            partial(h.library_table, studio),
+            inputs=[library_filter],
+            outputs=[library_table, library_ids, library_count],
+            api_visibility="private",
+            trigger_mode="always_last",
+        )
+        library_table.select(
+            h.pick_from_table, inputs=[library_ids], outputs=[library], api_visibility="private"
+        )
         library.change(
             partial(h.library_details, studio),
             inputs=[library],
@@ -275,7 +311,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 return (h.status(message, "info"), gr.update(visible=show_download), _model_banner(studio),
                         version, *defaults)  # fmt: skip
             except StudioError as exc:
-                return (h.status(str(exc), "error"), gr.update(visible=False), _model_banner(studio), version,
+                return (h.error(studio, exc), gr.update(visible=False), _model_banner(studio), version,
                         *unchanged)  # fmt: skip
 
         model_choice.change(
@@ -284,6 +320,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             outputs=[model_status, download_btn, banner, stack_version, *default_widgets],
             concurrency_id=GPU_QUEUE,
             api_visibility="private",
+        ).then(  # badges depend on the model, and the demo LoRAs are listed only with the demo model
+            refresh_library, inputs=[library_filter], outputs=library_outputs, api_visibility="private"
         )
 
         def download(name, progress=gr.Progress()):
@@ -291,13 +329,16 @@ def build_app(studio: Studio) -> gr.Blocks:
             from studio.models.registry import resolve_model
 
             try:
-                path = download_model(
-                    resolve_model(name),
-                    lambda done, total: progress((done, total), desc="Downloading", unit="bytes"),
+                spec = resolve_model(name)
+                download_model(
+                    spec, lambda done, total: progress((done, total), desc="Downloading", unit="bytes")
                 )
-                return h.status(f"Downloaded to {path}. Choose the model again to load it.", "ok")
+                return h.status(
+                    f"Downloaded {spec.label} into the Hugging Face cache. Choose the model again to load it.",
+                    "ok",
+                )
             except StudioError as exc:
-                return h.status(str(exc), "error")
+                return h.error(studio, exc)
 
         download_btn.click(download, inputs=[model_choice], outputs=[model_status], api_visibility="private")
 

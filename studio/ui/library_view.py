@@ -1,4 +1,4 @@
-"""How library items look in the picker: a one-line label, a details card and the compatibility badge."""
+"""How library items look: the picker's one-line label, the library table's rows, a details card, the badge."""
 
 from __future__ import annotations
 
@@ -32,11 +32,50 @@ def choice_label(item: LibraryItem, compat: Compat) -> str:
         return f"{item.label} · unreadable [incompatible]"
     infos = item.infos
     first = infos[0]
-    ranks = sorted({r for i in infos for r in (i.ranks or ([i.rank] if i.rank else []))})
+    ranks = _ranks(item)
     rank = f"r{'/'.join(map(str, ranks))}" if ranks else "r?"
     parts = [item.label, first.layout_label, first.base_model or "unknown base", rank, experts_text(item),
              _size_text(sum(i.file_size for i in infos))]  # fmt: skip
     return " · ".join(parts) + f" [{BADGE_TEXT[compat.level]}]"
+
+
+TABLE_HEADERS = ["Name", "Layout", "Base model", "Experts", "Rank", "Size (kB)", "Badge", "File"]
+TABLE_TYPES = ["str", "str", "str", "str", "number", "number", "str", "str"]
+TABLE_WIDTHS = ["15%", "12%", "13%", "12%", "7%", "8%", "11%", "22%"]  # room for each column's ⋮ menu
+
+
+def _ranks(item: LibraryItem) -> list[int]:
+    return sorted({r for i in item.infos for r in (i.ranks or ([i.rank] if i.rank else []))})
+
+
+def badge_text(compat: Compat) -> str:
+    text = BADGE_TEXT[compat.level]
+    return f"{text} {compat.percent:.0f}%" if compat.level == "partial" else text
+
+
+def table_row(item: LibraryItem, compat: Compat) -> list:
+    """One row of the library table (see :data:`TABLE_HEADERS`); Rank is the largest, Size in kB."""
+    files = item.rel_path or " + ".join(p for p in (item.high_rel_path, item.low_rel_path) if p)
+    if item.error or not item.infos:
+        return [item.label, "unreadable", "", experts_text(item), None, None, badge_text(compat), files]
+    first = item.infos[0]
+    ranks = _ranks(item)
+    size_kb = round(sum(i.file_size for i in item.infos) / 1e3, 1)
+    return [item.label, first.layout_label, first.base_model or "unknown", experts_text(item),
+            ranks[-1] if ranks else None, size_kb, badge_text(compat), files]  # fmt: skip
+
+
+def filter_rows(rows: list[tuple[list, str]], query: str | None) -> list[tuple[list, str]]:
+    """The ``(row, item id)`` pairs whose cells contain every word of ``query`` (any case, any column)."""
+    words = (query or "").lower().split()
+    if not words:
+        return list(rows)
+    kept = []
+    for row, item_id in rows:
+        text = " ".join("" if cell is None else str(cell) for cell in row).lower()
+        if all(word in text for word in words):
+            kept.append((row, item_id))
+    return kept
 
 
 def trigger_words(item: LibraryItem) -> list[str]:
@@ -48,16 +87,30 @@ def trigger_words(item: LibraryItem) -> list[str]:
     return words
 
 
-def details_html(item: LibraryItem, compat: Compat) -> str:
-    """The card shown for the selected item; the badge's reason is spelled out (names are escaped)."""
+DEMO_NOTE = "A demo file the studio built for the demo model (random weights, not a real style)."
+
+
+def details_html(item: LibraryItem, compat: Compat, *, demo: bool = False) -> str:
+    """The card shown for the selected item; the badge's reason is spelled out (names are escaped).
+
+    ``demo``: the item is one of the studio's demo LoRAs (the card says so).
+    """
     e = html.escape
     badge = f"<span class='lora-badge lora-badge-{compat.level}'>{e(BADGE_TEXT[compat.level])}"
     if compat.level == "partial":
         badge += f" · {compat.percent:.0f}%"
     badge += "</span>"
+    if demo:
+        badge += " <span class='lora-badge lora-badge-demo'>demo</span>"
     rows = [("Name", item.label), ("Experts", experts_text(item))]
+    title = next((i.title for i in item.infos if i.title), None)
+    if title:
+        rows.append(("Title", title))
+    if demo:
+        rows.append(("Note", DEMO_NOTE))
     if item.error:
-        rows.append(("Problem", item.error))
+        files = item.rel_path or " + ".join(p for p in (item.high_rel_path, item.low_rel_path) if p)
+        rows += [("File", files), ("Problem", item.error)]
     for info, role in zip(item.infos, ("high", "low") if item.kind == "pair" else ("",), strict=False):
         prefix = f"{role}-noise file " if role else ""
         rows += [

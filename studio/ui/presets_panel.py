@@ -100,7 +100,7 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
             rename_btn = gr.Button("Rename selected", elem_id="rename-preset")
         with gr.Row():
             import_btn = gr.UploadButton("Import…", file_types=[".json"], elem_id="import-preset")
-            export_btn = gr.DownloadButton("Export selected", elem_id="export-preset")
+            export_btn = gr.DownloadButton("Export selected", elem_id="export-preset", interactive=False)
         presets_status = gr.HTML("", elem_id="presets-status")
 
     def choices(selected: str | None = None):
@@ -131,7 +131,7 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
             applied = preset.apply_settings(current)
             preset_stack = preset.to_stack()
         except StudioError as exc:
-            return (state, version, gr.skip(), gr.skip(), h.status(str(exc), "error"), *unchanged)
+            return (state, version, gr.skip(), gr.skip(), h.error(studio, exc), *unchanged)
         message = f"Loaded preset {preset.name}."
         if preset.model and preset.model != studio.spec.name:
             message += f" It was made for {preset.model}; the loaded model is {studio.spec.label}."
@@ -178,7 +178,7 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
                 f"{exc} Tick “Replace a preset with this name” to overwrite it.", "warning"
             )
         except StudioError as exc:
-            return gr.skip(), h.status(str(exc), "error")
+            return gr.skip(), h.error(studio, exc)
         saved = store.load(path)
         return choices(saved.name), h.status(f"Saved preset {saved.name} ({path.name}).", "ok")
 
@@ -199,7 +199,7 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
                 f"{exc} Tick “Replace a preset with this name” to overwrite it.", "warning"
             )
         except StudioError as exc:
-            return gr.skip(), h.status(str(exc), "error")
+            return gr.skip(), h.error(studio, exc)
         return choices(keep), h.status(message, "ok")
 
     def rename(selected, new_name, replace):
@@ -243,7 +243,7 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
                 f"{exc} Tick “Replace a preset with this name” to overwrite it.", "warning"
             )
         except StudioError as exc:
-            return gr.skip(), h.status(str(exc), "error")
+            return gr.skip(), h.error(studio, exc)
         notes = " ".join(result.notes)
         return choices(result.preset.name), h.status(
             f"Imported preset {result.preset.name}. {notes}".strip(), "ok"
@@ -254,13 +254,15 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
     )
 
     def export(selected):
-        if not selected:
-            return gr.skip(), h.status("Choose a preset to export.", "error")
+        if not selected:  # nothing chosen (the page just opened, or a preset was deleted): nothing to say
+            return gr.update(value=None, interactive=False), gr.skip()
         try:
             path = store.export(selected, Path(tempfile.mkdtemp(prefix="studio-export-")))
         except StudioError as exc:
-            return gr.skip(), h.status(str(exc), "error")
-        return gr.update(value=str(path)), h.status(f"Exported {selected} as {path.name}.", "ok")
+            return gr.update(value=None, interactive=False), h.error(studio, exc)
+        return gr.update(value=str(path), interactive=True), h.status(
+            f"Exported {selected} as {path.name}.", "ok"
+        )
 
     preset_choice.change(export, inputs=[preset_choice], outputs=[export_btn, presets_status], **PRIVATE)
 
@@ -278,7 +280,7 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
         try:
             item_entry, _ = studio.entry_for(item_id) if item_id else (None, None)
         except StudioError as exc:
-            return state, version, slots, gr.skip(), h.status(str(exc), "error")
+            return state, version, slots, gr.skip(), h.error(studio, exc)
         if item_entry is None:
             return state, version, slots, gr.skip(), h.status("Choose a LoRA in the library first.", "error")
         entry = (
@@ -335,7 +337,7 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
                 missing, lambda done, total: progress((done, max(total, 1)), desc="Downloading", unit="bytes")
             )
         except StudioError as exc:
-            return gr.skip(), h.status(str(exc), "error")
+            return gr.skip(), h.error(studio, exc)
         return gr.update(visible=False), h.status(
             f"Downloaded {len(missing)} file(s); the stack is ready.", "ok"
         )

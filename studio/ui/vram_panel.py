@@ -168,7 +168,7 @@ def build_vram_panel(studio: Studio, refs: EditorRefs, model_choice: gr.Dropdown
                 cfg=float(guidance) > 1.0,
             )
         except StudioError as exc:
-            return (*[gr.skip()] * 7, h.status(str(exc), "error"))
+            return (*[gr.skip()] * 7, h.error(studio, exc))
         kind = "ok" if pick.verdict != "won't fit" else "error"
         return (pick.mode, pick.precision, pick.vae_tiling, pick.width, pick.height, pick.frames, gr.skip(),
                 h.status(pick.reason, kind))  # fmt: skip

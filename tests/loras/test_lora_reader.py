@@ -291,3 +291,20 @@ def test_empty_tensors_are_fine(tmp_path):
     sd = load_state_dict(path)
     assert sd["e"].shape == (0, 4)
     assert sd["x"].tolist() == [1.0, 1.0]
+
+
+def test_a_header_length_starting_with_the_pickle_byte_is_read(tmp_path):
+    """A header of 128, 384, 640… bytes makes the file start with 0x80, like a pickle: it is still read."""
+    path = tmp_path / "lora.safetensors"
+    tensors = {"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.ones(2, 4)}
+    for pad in range(400):
+        save_file(tensors, str(path), metadata={"note": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        raise AssertionError("no padding gave a header length whose first byte is 0x80")
+    header = read_header(path)
+    assert header.metadata["note"] == "x" * pad
+    assert torch.equal(
+        load_state_dict(path)["transformer.blocks.0.attn1.to_q.lora_A.weight"], torch.ones(2, 4)
+    )

@@ -33,3 +33,59 @@ def choose(page, dropdown: str, option_prefix: str) -> None:
 
     page.click(f"{dropdown} input")
     page.get_by_role("option", name=re.compile(rf"^{re.escape(option_prefix)}")).click()
+
+
+# --------------------------------------------------------------------------- the library table
+# Gradio's Dataframe draws its rows as a virtual list: only the rows in view exist, each a
+# ``.virtual-row`` (``data-index`` = its place in the shown order) of ``[role=gridcell]`` cells.
+LIBRARY_ROWS = "#library-table .virtual-row"
+_NAMES = """() => [...document.querySelectorAll('#library-table .virtual-row')]
+  .sort((a, b) => Number(a.dataset.index) - Number(b.dataset.index))
+  .map(r => r.querySelector('[role=gridcell][data-col="0"]').innerText.trim())"""
+
+
+def library_names(page) -> list[str]:
+    """The Name column of the library table's rows in view, in the order shown."""
+    return page.evaluate(_NAMES)
+
+
+def library_row(page, name: str):
+    import re
+
+    cell = page.locator('[role=gridcell][data-col="0"]', has_text=re.compile(rf"^\s*{re.escape(name)}\s*$"))
+    return page.locator(LIBRARY_ROWS).filter(has=cell)
+
+
+def pick_in_library_table(page, name: str) -> None:
+    """Click the library table's row named ``name``; the library dropdown then holds that LoRA."""
+    library_row(page, name).locator("[role=gridcell]").first.click()
+    page.wait_for_function(
+        "name => (document.querySelector('#library input')?.value || '').startsWith(name + ' · ')", arg=name
+    )
+
+
+# --------------------------------------------------------------------------- what an error looks like
+RED_TEXT = """() => {
+  const found = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const style = getComputedStyle(el);
+    if (!el.getClientRects().length || style.visibility === 'hidden') continue;
+    const own = [...el.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent.trim()).join(' ').trim();
+    if (own) {
+      const [r, g, b] = style.color.match(/[0-9.]+/g).map(Number);
+      const max = Math.max(r, g, b), min = Math.min(r, g, b);
+      // red: hue within 12° of pure red, saturated (orange accents, ~20°, are not errors)
+      const hue = max === min ? 0 : max === r ? (60 * (g - b) / (max - min) + 360) % 360 : -1;
+      if (max > 100 && (max - min) / max > 0.45 && hue >= 0 && (hue < 12 || hue > 345))
+        found.push(own.slice(0, 100));
+    }
+  }
+  for (const el of document.querySelectorAll('.studio-status-error, .toast-body.error, .error'))
+    if (el.getClientRects().length) found.push('error box: ' + el.textContent.trim().slice(0, 100));
+  return found;
+}"""
+
+
+def red_texts(page) -> list[str]:
+    """Visible text drawn in red, and visible error boxes (empty when the page shows no error)."""
+    return page.evaluate(RED_TEXT)
