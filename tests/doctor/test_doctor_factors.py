@@ -13,7 +13,7 @@ from studio.doctor.factors import (
     squared_bias,
     squared_change,
 )
-from studio.loras.convert import _full_rank_pair
+from studio.loras.lycoris import full_rank_pair
 
 OUT, IN = 48, 40
 
@@ -38,7 +38,7 @@ def _dense(seed: int, orientation: str = "wide") -> tuple[ModuleDelta, torch.Ten
     d = torch.randn(OUT, IN, generator=_gen(seed))
     if orientation == "tall":
         d = torch.randn(IN, OUT, generator=_gen(seed))
-    down, up = _full_rank_pair(d)  # what the converter makes of a lightx2v .diff
+    down, up = full_rank_pair(d)  # what the converter makes of a lightx2v .diff
     delta = module_delta({"lora_A.weight": down, "lora_B.weight": up})
     return delta, d.double()
 
