@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -64,10 +64,11 @@ def _memory(memory: MemoryConfig | str | Mapping | None) -> MemoryConfig:
     if isinstance(memory, str):
         return MemoryConfig(mode=memory)  # type: ignore[arg-type]
     if isinstance(memory, Mapping):
-        unknown = set(memory) - {"mode", "precision", "vae_tiling"}
+        unknown = set(memory) - {"mode", "precision", "vae_tiling", "compile", "compile_lora_rank"}
         if unknown:
             raise ValidationError(
-                f"memory takes mode, precision and vae_tiling; {', '.join(sorted(unknown))} is not one of them."
+                f"memory takes mode, precision, vae_tiling, compile and compile_lora_rank; "
+                f"{', '.join(sorted(unknown))} is not one of them."
             )
         return MemoryConfig(**memory)
     raise ValidationError(f"memory must be a mode ({', '.join(MODES)}), a dict or a MemoryConfig.")
@@ -96,7 +97,9 @@ class Generator:
     (a file elsewhere is accepted too: its folder is added), ``outputs_dir`` is where videos go, ``memory`` a
     memory mode (``"auto"``, ``"gpu"``, ``"model-offload"`` …), a dict of mode/precision/vae_tiling or a
     :class:`~studio.engine.memory.MemoryConfig`; ``dtype`` the weights' dtype (default: the model's, float32
-    on the CPU); ``device`` ``"cuda"`` or ``"cpu"`` (default: CUDA when present).
+    on the CPU); ``device`` ``"cuda"`` or ``"cpu"`` (default: CUDA when present); ``compile=True`` compiled
+    mode (:mod:`studio.engine.compile`: the first render compiles the experts' blocks, later LoRA changes,
+    weights and schedules never recompile; a new size or frame count recompiles once).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class Generator:
         memory: MemoryConfig | str | Mapping | None = None,
         dtype: str | None = None,
         device: str | None = None,
+        compile: bool = False,
         cache_dir: str | Path | None = None,
         presets_dir: str | Path | None = None,
     ) -> None:
@@ -119,7 +123,10 @@ class Generator:
             presets_dir=presets_dir,
             dtype=parse_dtype(dtype),
         )
-        manager = PipelineManager(settings, device=device, memory=_memory(memory))
+        memory_config = _memory(memory)
+        if compile:
+            memory_config = replace(memory_config, compile=True)
+        manager = PipelineManager(settings, device=device, memory=memory_config)
         self._studio = Studio(settings, manager)
         manager.load_model(settings.model)
         self._stack = Stack()

@@ -49,6 +49,8 @@ def _render_seconds(manager: PipelineManager, request: RenderRequest, *args) -> 
 def _estimate(
     spec: ModelSpec, settings: RenderSettings, memory: MemoryConfig, loras: list[LoraLoad]
 ) -> Estimate:
+    if memory.compile:  # compiled mode: the LoRA room of each expert, whatever is loaded
+        loras = _compiled_room(loras, memory.compile_lora_rank)
     return estimate_vram(
         spec,
         width=settings.width,
@@ -399,3 +401,17 @@ class Studio:
             return False
         token.cancel()
         return True
+
+
+def _compiled_room(loads: list[LoraLoad], rows: int) -> list[LoraLoad]:
+    """Compiled mode's LoRA room per expert (studio.engine.compile): ``rows`` rows, or the stack's ranks
+    rounded up to a multiple of 64 when they need more."""
+    room = []
+    for expert in ("high", "low"):
+        need = sum(load.rank for load in loads if expert in load.experts)
+        size = rows if need <= rows else -(-need // 64) * 64
+        kinds = ("self_attn", "cross_attn", "ffn", "embeddings", "head")
+        room.append(
+            LoraLoad(rank=size, module_kinds=kinds, experts=(expert,), name="compiled-mode LoRA room")
+        )
+    return room

@@ -203,3 +203,32 @@ def test_public_messages_name_files_relative_to_their_lora_folder(studio, settin
     assert str(lora_dir.parent) not in shown and "/" + lora_dir.parent.name not in shown
     outside = studio.public_message(f"{settings.outputs_dir.resolve()}/x.mp4 and /opt/secret/place/y.json")
     assert outside == "x.mp4 and y.json"
+
+
+def test_the_compiled_estimate_counts_the_lora_room_of_both_experts(studio, make_lora):
+    """Compiled mode holds its LoRA room in both experts whatever is loaded (within 5% of the real buffers)."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    from studio.engine import lora_slots
+    from studio.engine.memory import MemoryConfig
+    from studio.models.shapes import A14B_TRANSFORMER
+    from studio.stack.schema import StackEntry
+
+    with torch.device("meta"):
+        model = WanTransformer3DModel(**A14B_TRANSFORMER).to(torch.bfloat16)
+    room = lora_slots.install(model, rows=128, slots=8).nbytes()
+    settings = RenderSettings(prompt="x", width=832, height=480, frames=81, steps=4, guidance=1.0)
+    a14b = dict(model_name="wan2.2-i2v-a14b")
+    compiled = studio.estimate(settings, Stack(), MemoryConfig(mode="gpu", compile=True), **a14b)
+    for expert in ("high", "low"):
+        assert abs(compiled.breakdown[f"lora_weights_{expert}"] / room - 1) < 0.05
+    plain = studio.estimate(settings, Stack(), MemoryConfig(mode="gpu"), **a14b)
+    assert "lora_weights_high" not in plain.breakdown or plain.breakdown["lora_weights_high"] == 0
+    # a stack bigger than the room: the estimate grows the room as the manager does (to 64-row steps)
+    big = Stack(entries=[StackEntry.single(make_lora("big.safetensors", rank=150), 1.0, 0.0)])
+    grown = studio.estimate(settings, big, MemoryConfig(mode="gpu", compile=True), **a14b)
+    assert grown.phases["denoise_high"]["lora_weights_high"] == pytest.approx(
+        compiled.phases["denoise_high"]["lora_weights_high"] * 192 / 128, rel=1e-9
+    )
+    assert grown.breakdown["lora_weights_low"] == compiled.breakdown["lora_weights_low"]

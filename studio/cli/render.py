@@ -54,6 +54,18 @@ def add_parser(sub) -> None:
         help="load the model in float32, bfloat16 or float16 (default: bfloat16 on a GPU, float32 on the CPU)",
     )
     p.add_argument("--vae-tiling", action="store_true", help="decode the VAE in tiles (lower peak)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compiled mode: torch.compile the experts' blocks (the first render compiles; LoRA changes never "
+        "recompile, a new size or frame count recompiles once)",
+    )
+    p.add_argument(
+        "--compile-lora-rank",
+        type=int,
+        default=128,
+        help="LoRA rows per expert in compiled mode (default 128; a bigger stack grows it, recompiling once)",
+    )
     p.add_argument("--force", action="store_true", help="render even when the VRAM estimate exceeds the GPU")
     p.add_argument("--out", required=True, help="the MP4 to write (OUT.json and OUT.start.png go beside it)")
 
@@ -129,7 +141,13 @@ def cmd_render(args) -> int:
     image = load_start_image(Path(args.image).expanduser())
     stack = _stack_for(args, preset)
 
-    memory = MemoryConfig(mode=args.mode, precision=args.precision, vae_tiling=args.vae_tiling)
+    memory = MemoryConfig(
+        mode=args.mode,
+        precision=args.precision,
+        vae_tiling=args.vae_tiling,
+        compile=args.compile,
+        compile_lora_rank=args.compile_lora_rank,
+    )
     manager = PipelineManager(settings, memory=memory)
     spec = manager.load_model(model)
     studio = Studio(settings, manager)
@@ -159,6 +177,8 @@ def cmd_render(args) -> int:
         saved = save_render(request, result, video_path=out, doctor=line)
     finally:
         signal.signal(signal.SIGINT, previous)
+    for notice in result.notices:
+        print(f"note: {notice}", file=sys.stderr)
     print(f"wrote {saved.video} ({render_settings.frames} frames, {result.timings['total_s']:.1f} s)")
     print(f"wrote {saved.sidecar}")
     return 0

@@ -61,6 +61,7 @@ def render_record(
         "start_image": {"file": start_image_file, "sha256": image_sha256(request.image)},
         "experts_per_step": result.experts_per_step,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "notices": list(result.notices),
         "versions": library_versions(),
     }
     if doctor is not None:

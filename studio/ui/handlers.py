@@ -205,7 +205,8 @@ def render(
         f"{timings.get('total_s', 0):.1f} s · seed {saved.record['settings']['seed']} · "
         f"{stack.summary()} · {saved.video.name}"
     )
-    return str(saved.video), status(message, "ok"), saved.record
+    notices = saved.record.get("notices") or []  # compiled mode: compiled this render, ran uncompiled, ...
+    return str(saved.video), status(" ".join([message, *notices]), "ok"), saved.record
 
 
 @dataclass(frozen=True)
@@ -217,9 +218,15 @@ class MemoryChoice:
     vae_tiling: bool
     card: str | None  # "detected" or a size in GB
     force: bool  # render even when the estimate says it won't fit
+    compiled: bool = False  # compiled mode (studio.engine.compile)
 
     def config(self) -> MemoryConfig:
-        return MemoryConfig(mode=self.mode, precision=self.precision, vae_tiling=bool(self.vae_tiling))
+        return MemoryConfig(
+            mode=self.mode,
+            precision=self.precision,
+            vae_tiling=bool(self.vae_tiling),
+            compile=bool(self.compiled),
+        )
 
 
 def render_guard(

@@ -181,7 +181,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                             stack_version=stack_version, stack_status=stack_status, render_status=render_status,
                             video=video, library=library,
                         )  # fmt: skip
-                        mode, precision, tiling, card = build_vram_panel(studio, refs, model_choice)
+                        mode, precision, tiling, compiled, card = build_vram_panel(studio, refs, model_choice)
                         wire_doctor_panel(studio, refs, doctor, mode, precision, gpu_queue=GPU_QUEUE)
                         force = gr.Checkbox(
                             False, label="Render even if it won't fit", elem_id="force-render"
@@ -219,20 +219,31 @@ def build_app(studio: Studio) -> gr.Blocks:
         setting_widgets = refs.settings_widgets
 
         def render_ui(
-            state, image_value, fuse_value, mode_v, precision_v, tiling_v, card_v, force_v, prompt_v, negative_v,
+            state, image_value, fuse_value, mode_v, precision_v, tiling_v, compiled_v, card_v, force_v, prompt_v, negative_v,
             width_v, height_v, frames_v, steps_v, guidance_v, guidance_low_v, shift_v, seed_v, fps_v,
             request: gr.Request, progress=gr.Progress(),
         ):  # fmt: skip
             values = (prompt_v, negative_v, width_v, height_v, frames_v, steps_v, guidance_v, guidance_low_v,
                       shift_v, seed_v, fps_v)  # fmt: skip
-            memory = h.MemoryChoice(mode_v, precision_v, tiling_v, card_v, force_v)
+            memory = h.MemoryChoice(mode_v, precision_v, tiling_v, card_v, force_v, compiled_v)
             return h.render_from_widgets(
                 studio, request, state, image_value, fuse_value, memory, *values, progress=progress
             )
 
         render_event = render_btn.click(
             render_ui,
-            inputs=[stack_state, image, fuse, mode, precision, tiling, card, force, *setting_widgets],
+            inputs=[
+                stack_state,
+                image,
+                fuse,
+                mode,
+                precision,
+                tiling,
+                compiled,
+                card,
+                force,
+                *setting_widgets,
+            ],
             outputs=[video, render_status],
             concurrency_id=GPU_QUEUE,
             concurrency_limit=1,

@@ -11,7 +11,7 @@ import html
 
 import gradio as gr
 
-from studio.engine.memory import MODES, MemoryConfig
+from studio.engine.memory import MODES
 from studio.errors import StudioError
 from studio.service import Studio
 from studio.ui import handlers as h
@@ -41,6 +41,12 @@ GROUPS = [
     ("cuda_context", "CUDA context", "#999999"),
 ]
 VERDICT_CLASS = {"fits": "ok", "tight": "warning", "won't fit": "error"}
+
+COMPILED_INFO = (
+    "The first render compiles the transformer blocks (about a minute on a GPU, longer on a CPU). After "
+    "that, LoRA changes, weights, schedules, seeds and prompts never recompile; a new size or frame count "
+    "recompiles once. The LoRAs run in the compiled blocks instead of being fused."
+)
 
 
 def _group(key: str) -> tuple[str, str]:
@@ -104,7 +110,7 @@ def bar_html(est: Estimate, card: int | None, card_text: str) -> str:
 
 
 def build_vram_panel(studio: Studio, refs: EditorRefs, model_choice: gr.Dropdown):
-    """The panel's widgets; returns the memory widgets (mode, precision, tiling) the render reads."""
+    """The panel's widgets; returns the memory widgets (mode, precision, tiling, compiled, card) the render reads."""
     with gr.Accordion("Memory", open=True, elem_id="vram-panel"):
         with gr.Row():
             mode = gr.Dropdown(list(MODES), value="auto", label="Memory mode", elem_id="memory-mode")
@@ -112,6 +118,12 @@ def build_vram_panel(studio: Studio, refs: EditorRefs, model_choice: gr.Dropdown
             card = gr.Dropdown(CARD_CHOICES, value="detected", label="Card", elem_id="card")
         with gr.Row():
             tiling = gr.Checkbox(False, label="VAE tiling", elem_id="vae-tiling")
+            compiled = gr.Checkbox(
+                False,
+                label="Compiled (torch.compile)",
+                info=COMPILED_INFO,
+                elem_id="compiled-mode",
+            )
             suggest_btn = gr.Button("Suggest", size="sm", elem_id="suggest")
         vram_view = gr.HTML("", elem_id="vram-view")
         gpu_view = gr.HTML(gpu_line(), elem_id="gpu-view")
@@ -124,21 +136,22 @@ def build_vram_panel(studio: Studio, refs: EditorRefs, model_choice: gr.Dropdown
         mode,
         precision,
         tiling,
+        compiled,
         card,
         *refs.settings_widgets,
     ]
 
-    def update(model_name, state, fuse, mode_v, precision_v, tiling_v, card_v, *values):
+    def update(model_name, state, fuse, mode_v, precision_v, tiling_v, compiled_v, card_v, *values):
         try:
             settings = h.settings_from_widgets(*values)
-            memory = MemoryConfig(mode=mode_v, precision=precision_v, vae_tiling=bool(tiling_v))
+            memory = h.MemoryChoice(mode_v, precision_v, tiling_v, None, False, compiled_v).config()
             est = studio.estimate(settings, h.to_stack(state), memory, fuse=bool(fuse), model_name=model_name)
         except StudioError as exc:
             return h.status(f"No estimate: {exc}", "warning")
         card_size, card_text = card_bytes(card_v)
         return bar_html(est, card_size, card_text)
 
-    triggers = [refs.stack_state.change, refs.fuse.change, mode.change, precision.change, tiling.change,
+    triggers = [refs.stack_state.change, refs.fuse.change, mode.change, precision.change, tiling.change, compiled.change,
                 card.change, model_choice.change, refs.app.load,
                 *(w.change for w in refs.settings_widgets[2:])]  # fmt: skip
     gr.on(triggers, update, inputs=inputs, outputs=[vram_view], trigger_mode="always_last",
@@ -188,4 +201,4 @@ def build_vram_panel(studio: Studio, refs: EditorRefs, model_choice: gr.Dropdown
         outputs=[mode, precision, tiling, refs.width, refs.height, refs.frames, card, suggest_status],
         api_visibility="private",
     )
-    return mode, precision, tiling, card
+    return mode, precision, tiling, compiled, card

@@ -120,3 +120,30 @@ def test_lora_argument_forms():
     assert parse_lora_arg("a.safetensors:0.5") == (Path("a.safetensors"), 0.5, 0.5)
     assert parse_lora_arg("a.safetensors:3:1.5") == (Path("a.safetensors"), 3.0, 1.5)
     assert parse_lora_arg("dir:x/a.safetensors:1:0") == (Path("dir:x/a.safetensors"), 1.0, 0.0)
+
+
+@pytest.mark.slow  # a CPU inductor compile of the demo block (shared with tests/engine/test_compile.py's cache)
+def test_cli_compiled_render_says_it_compiled(tmp_path, studio_cache, demo_model_dir, start_png, make_lora):
+    lora = make_lora("style.safetensors")
+    out = tmp_path / "compiled.mp4"
+    proc = run_cli(
+        ["render", "--image", str(start_png), "--prompt", "a cat walking", "--model", "demo", "--lora",
+         f"{lora}:1.0:0.5", "--frames", "5", "--steps", "4", "--width", "32", "--height", "32", "--seed", "3",
+         "--compile", "--compile-lora-rank", "16", "--out", str(out)],
+        cwd=tmp_path, cache=studio_cache,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["model"]["compiled"] is True
+    assert any("Compiled the transformer blocks" in n for n in sidecar["notices"])
+    assert "note: Compiled the transformer blocks" in proc.stderr
+
+
+def test_cli_refuses_an_empty_lora_room(tmp_path, studio_cache, start_png):
+    proc = run_cli(
+        ["render", "--image", str(start_png), "--prompt", "x", "--model", "demo", "--compile",
+         "--compile-lora-rank", "0", "--out", str(tmp_path / "x.mp4")],
+        cwd=tmp_path, cache=studio_cache,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "LoRA room of compiled mode must be 1 to 4096 rows" in proc.stderr
+    assert not (tmp_path / "x.mp4").exists()

@@ -46,7 +46,7 @@ def add_style(page) -> None:
     expect(page.locator(ENTRY)).to_have_count(1)
 
 
-def expected_peak(studio, mode: str) -> str:
+def expected_peak(studio, mode: str, *, compile: bool = False) -> str:
     """The panel's figure for A14B at 832×480×81 with the demo's other defaults, from the estimator itself."""
     from studio.engine.memory import MemoryConfig
     from studio.stack.schema import RenderSettings, Stack
@@ -54,7 +54,8 @@ def expected_peak(studio, mode: str) -> str:
     settings = RenderSettings(
         **{**studio.spec.defaults.settings_values(), "width": 832, "height": 480, "frames": 81}
     )
-    est = studio.estimate(settings, Stack(), MemoryConfig(mode=mode), model_name="wan2.2-i2v-a14b")
+    memory = MemoryConfig(mode=mode, compile=compile)
+    est = studio.estimate(settings, Stack(), memory, model_name="wan2.2-i2v-a14b")
     return f"{est.peak_vram_bytes / 1e9:.2f} GB"
 
 
@@ -77,6 +78,23 @@ def test_vram_panel_reacts_to_settings_mode_and_stack(page, env, screenshot):
     expect(page.locator("#suggest-status")).to_contain_text("fits")
     expect(page.locator("#vram-verdict")).to_have_text(re.compile("fits|tight"))
     screenshot(page, "vram-panel")
+
+
+def test_compiled_mode_says_what_recompiles_and_counts_its_lora_room(page, env):
+    expect(page.locator("#compiled-mode")).to_contain_text("LoRA changes, weights, schedules")
+    expect(page.locator("#compiled-mode")).to_contain_text("a new size or frame count recompiles once")
+    choose(page, "#model-choice", "Wan2.2 I2V A14B")
+    for field, value in (("#width input", "832"), ("#height input", "480"), ("#frames input", "81")):
+        page.fill(field, value)
+    page.press("#frames input", "Tab")
+    plain = expected_peak(env["studio"], "model-offload")
+    expect(page.locator("#vram-peak")).to_have_text(plain)
+    page.check("#compiled-mode input")
+    compiled = expected_peak(env["studio"], "model-offload", compile=True)
+    expect(page.locator("#vram-peak")).to_have_text(compiled)
+    assert float(compiled.split()[0]) > float(plain.split()[0])  # the room of 128 LoRA rows per expert
+    page.uncheck("#compiled-mode input")
+    expect(page.locator("#vram-peak")).to_have_text(plain)
 
 
 def test_a_render_can_be_cancelled_midway_and_the_next_one_works(page, tmp_path, start_image, env):
