@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from studio.engine import lora_ops
+from studio.engine.failures import is_oom, lora_load_error, oom_advice
 from studio.engine.memory import (
     MemoryConfig,
     apply_memory,
@@ -35,6 +36,8 @@ from studio.engine.memory import (
     set_vae_tiling,
 )
 from studio.engine.plan import AdapterPlan, plan_stack
+from studio.engine.sharing import SharedModel
+from studio.engine.turns import ModelLock
 from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
 from studio.loras.match import MatchReport, prepare_lora
 from studio.loras.sources import FileIdentity
@@ -113,13 +116,13 @@ def quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
 
 
-class PipelineManager:
+class PipelineManager(SharedModel):
     def __init__(
         self, settings: Settings, *, device: str | None = None, memory: MemoryConfig | None = None
     ) -> None:
         quiet_libraries()
         self.settings = settings
-        self._lock = threading.RLock()
+        self._lock = ModelLock()  # renders go before background work (training steps)
         self._device = device
         self.pipe = None
         self.spec: ModelSpec | None = None
@@ -130,6 +133,8 @@ class PipelineManager:
         self.memory = memory or MemoryConfig()
         self._transformer_config: dict[str, Any] | None = None
         self.reports: dict[Path, MatchReport] = {}  # match report of each loaded file
+        self._held: str | None = None  # the adapters `exclusive` activated, until the next stack
+        self.training: str | None = None  # the training run whose adapters are in the model
         # Counters that tests and benchmarks read.
         self.lora_file_reads = 0
         self.model_loads = 0
@@ -160,6 +165,7 @@ class PipelineManager:
         with self._lock:
             if self.spec is not None and self.spec.name == spec.name and self.pipe is not None:
                 return spec
+            self._refuse_while_training()
             self.unload()
             source = pipeline_source(spec, self.settings)
             self.pipe = self._from_pretrained(spec, source)
@@ -187,6 +193,8 @@ class PipelineManager:
         """Set the memory mode; reloads the model when placement or precision change. True if reloaded."""
         check_device(memory, self.device)
         with self._lock:
+            if self.pipe is not None and memory.needs_reload_from(self.memory):
+                self._refuse_while_training()
             previous, self.memory = self.memory, memory
             if self.pipe is None:
                 return False
@@ -207,6 +215,7 @@ class PipelineManager:
             self._weights.clear()
             self._fused = False
             self._shift = None
+            self._held = None
             lora_ops.release_memory()
 
     def _require_model(self) -> None:
@@ -258,7 +267,8 @@ class PipelineManager:
                 loaded={key: lora.identity for key, lora in self._loras.items()},
             )
             unchanged = (
-                plan.weights == self._weights
+                self._held is None
+                and plan.weights == self._weights
                 and not plan.to_load
                 and not plan.to_delete
                 and (fuse == self._fused or (keep_fused and self._fused))
@@ -287,7 +297,7 @@ class PipelineManager:
         except torch.OutOfMemoryError:
             self._recover_from_oom()
             advice = (
-                _oom_advice(settings)
+                oom_advice(settings)
                 if settings is not None
                 else (
                     f"The GPU ran out of memory {doing}. Remove a LoRA, or choose a memory mode with offloading; "
@@ -319,9 +329,9 @@ class PipelineManager:
                     keep_lora_in_compute_dtype(getattr(self.pipe, component), adapter)
                 except BaseException as exc:
                     self._discard_partial(component, adapter)
-                    if isinstance(exc, StudioError) or not isinstance(exc, Exception) or _is_oom(exc):
+                    if isinstance(exc, StudioError) or not isinstance(exc, Exception) or is_oom(exc):
                         raise
-                    raise _lora_load_error(identity.path, exc) from None
+                    raise lora_load_error(identity.path, exc) from None
                 self._loras[(component, adapter)] = LoadedLora(
                     adapter, component, identity, prepared.info.sha256
                 )
@@ -357,11 +367,11 @@ class PipelineManager:
         for component in self.components().values():
             model = getattr(self.pipe, component)
             wanted = weights.get(component, {})
-            has_adapters = any(c == component for c, _ in self._loras)
-            if not has_adapters:
+            if not getattr(model, "peft_config", None):  # no adapter at all (stack or training)
                 continue
             lora_ops.set_adapter_weights(model, wanted)  # sets scales directly; {} turns LoRA off
         self._weights = {c: dict(w) for c, w in weights.items() if w}
+        self._held = None
 
     def _fuse(self) -> None:
         for component, weights in self._weights.items():
@@ -427,12 +437,12 @@ class PipelineManager:
         import torch
 
         cancel = cancel or CancelToken()
-        with self._lock:
+        with self._lock.priority():
             try:
                 return self._render(request, progress, cancel)
             except (torch.OutOfMemoryError, OutOfMemory):
                 self._recover_from_oom()
-                raise OutOfMemory(_oom_advice(request.settings)) from None
+                raise OutOfMemory(oom_advice(request.settings)) from None
             finally:
                 if self.pipe is not None:
                     self.pipe._interrupt = False
@@ -565,12 +575,6 @@ class PipelineManager:
         lora_ops.release_memory()  # gc, the CUDA cache and glibc's free pages
 
 
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError)
-
-
 def _model_record(spec: ModelSpec, dtype) -> dict[str, Any]:
     name = str(dtype).removeprefix("torch.")  # the dtype the model was loaded (and computes) in
     return {
@@ -580,20 +584,3 @@ def _model_record(spec: ModelSpec, dtype) -> dict[str, Any]:
         "demo": spec.is_demo,
         "dtype": name,
     }
-
-
-def _oom_advice(settings: RenderSettings) -> str:
-    return (
-        f"The GPU ran out of memory rendering {settings.frames} frames at {settings.width}×{settings.height}. "
-        "Try fewer frames, a lower resolution, a memory mode with offloading, or VAE tiling; the model "
-        "is still loaded and the next render can go ahead."
-    )
-
-
-def _lora_load_error(path: Path, exc: Exception) -> StudioError:
-    from studio.errors import LoraFileError
-
-    return LoraFileError(
-        f"{path.name} could not be loaded into the model ({type(exc).__name__}: {exc}). "
-        "It may be a LoRA for another model or a format the studio does not support."
-    )

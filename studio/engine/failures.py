@@ -1,0 +1,29 @@
+"""What the manager says when the GPU runs out of memory or a LoRA does not load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from studio.errors import LoraFileError, StudioError
+from studio.stack import RenderSettings
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+def oom_advice(settings: RenderSettings) -> str:
+    return (
+        f"The GPU ran out of memory rendering {settings.frames} frames at {settings.width}×{settings.height}. "
+        "Try fewer frames, a lower resolution, a memory mode with offloading, or VAE tiling; the model "
+        "is still loaded and the next render can go ahead."
+    )
+
+
+def lora_load_error(path: Path, exc: Exception) -> StudioError:
+    return LoraFileError(
+        f"{path.name} could not be loaded into the model ({type(exc).__name__}: {exc}). "
+        "It may be a LoRA for another model or a format the studio does not support."
+    )
