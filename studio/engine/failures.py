@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from studio.errors import LoraFileError, StudioError
-from studio.stack import RenderSettings
+from studio.stack.schema import RenderSettings
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -241,8 +241,8 @@ def _with_trigger(item: DatasetItem, trigger: str) -> None:
 
 # --------------------------------------------------------------------------- probing
 def _probe(media: Path, item: DatasetItem) -> None:
-    from studio.images import load_start_image
-    from studio.media import probe_video
+    from studio.media.images import load_start_image
+    from studio.media.probe import probe_video
 
     try:
         if item.kind == "video":

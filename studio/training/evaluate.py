@@ -61,8 +61,8 @@ def validation_examples(val: Encoded, train: Encoded) -> tuple[list[Example], di
 def sample_render(manager, *, image, settings, files: dict[str, str], label: str, outputs_dir):
     """Render ``settings`` with the checkpoint's LoRA files (expert → path) and save it; returns SavedRender."""
     from studio.engine.manager import RenderRequest
-    from studio.outputs import save_render
-    from studio.stack import LoraSource, Stack, StackEntry
+    from studio.outputs.render_files import save_render
+    from studio.stack.schema import LoraSource, Stack, StackEntry
 
     entry = StackEntry(
         name=label,

@@ -105,7 +105,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 def publish(files: dict[str, bytes], folder: Path, *, overwrite: bool) -> list[Path]:
     """Write the pair into ``folder`` (atomically; refusing to replace files unless ``overwrite``)."""
-    from studio.media import _atomic_output
+    from studio.media.files import atomic_output
 
     folder.mkdir(parents=True, exist_ok=True)
     targets = {folder / name: data for name, data in files.items()}
@@ -117,7 +117,7 @@ def publish(files: dict[str, bytes], folder: Path, *, overwrite: bool) -> list[P
         )
     written = []
     for path, data in targets.items():
-        with _atomic_output(path, what="LoRA file", overwrite=overwrite) as tmp:
+        with atomic_output(path, what="LoRA file", overwrite=overwrite) as tmp:
             tmp.write_bytes(data)
         written.append(path)
     return written

@@ -64,7 +64,7 @@ def _window(width: int, height: int, out_w: int, out_h: int, variant: Variant) -
 
 def cut_frame(image: Image.Image, out_w: int, out_h: int, variant: Variant) -> Image.Image:
     if variant.crop is None:
-        from studio.images import fit_image
+        from studio.media.images import fit_image
 
         frame = fit_image(image, out_w, out_h)  # exactly what a render does to its start image
     else:
@@ -75,8 +75,8 @@ def cut_frame(image: Image.Image, out_w: int, out_h: int, variant: Variant) -> I
 
 def source_frames(item: DatasetItem) -> list[Image.Image]:
     """The item's frames that the cut uses, as RGB images at their original size."""
-    from studio.images import load_start_image
-    from studio.media import read_frames
+    from studio.media.images import load_start_image
+    from studio.media.probe import read_frames
 
     assert item.cut is not None
     if item.kind == "image":

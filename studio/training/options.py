@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from studio.stack import MAX_FRAMES, MAX_SIZE, MIN_SIZE, StrictModel
+from studio.stack.schema import MAX_FRAMES, MAX_SIZE, MIN_SIZE, StrictModel
 
 OPTIONS_VERSION = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -98,7 +98,7 @@ def checkpoint_name(step: int) -> str:
 
 
 def save_run(run_dir: Path, record: RunRecord) -> None:
-    from studio.media import write_json_atomic
+    from studio.media.files import write_json_atomic
 
     record.updated = _now()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -373,8 +373,8 @@ class Trainer:
         self._emit("val", f"Validation loss at step {step}: {text}", step=step)
 
     def _sample(self, step: int, checkpoint: Path, first: DatasetItem) -> None:
-        from studio.images import load_start_image
-        from studio.stack import RenderSettings
+        from studio.media.images import load_start_image
+        from studio.stack.schema import RenderSettings
         from studio.training.frames import Variant, load_frames
 
         o, spec = self.options, self.manager.spec

@@ -6,11 +6,11 @@ import threading
 
 import pytest
 import torch
+from trainkit import base_options, write_clip
 
 from studio.errors import ValidationError
 from studio.training import state
 from studio.training.trainer import StopToken, Trainer
-from tests.training.conftest import base_options, write_clip
 
 pytestmark = pytest.mark.slow  # one shared run of 40 steps per expert (a few seconds on a free CPU)
 
@@ -111,7 +111,7 @@ def test_renders_run_between_training_steps_and_see_no_training_adapter(
     train_manager, train_dataset, start_image
 ):
     from studio.engine.manager import RenderRequest
-    from studio.stack import RenderSettings
+    from studio.stack.schema import RenderSettings
 
     settings = RenderSettings(
         prompt="a red wave", width=32, height=32, frames=9, steps=2, guidance=1.0, seed=5
