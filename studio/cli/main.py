@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from studio.cli import compare, hub, inspect, models, presets, render, vram
+from studio.cli import compare, dataset, hub, inspect, models, presets, render, train, vram
 from studio.cli.common import EXIT_CANCELLED, EXIT_USER_ERROR, Parser
 from studio.errors import RenderCancelled, StudioError
 
-COMMAND_MODULES = (render, presets, compare, models, inspect, hub, vram)
+COMMAND_MODULES = (render, presets, compare, models, inspect, hub, vram, dataset, train)
 
 
 def build_parser() -> Parser:

@@ -111,7 +111,7 @@ def read_remote_header(
     size = file_size if file_size is not None else total
     if size is None:
         size = len(first)
-    header_size = header_size_from_prefix(path, first[:8], size)
+    header_size = header_size_from_prefix(path, first[:9], size)
     if header_size > REMOTE_HEADER_LIMIT:
         raise LoraFileError(
             f"{name} has a {header_size / 1e6:.0f} MB header, too large to read over the network; "

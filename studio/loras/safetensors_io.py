@@ -214,14 +214,18 @@ def _parse_header(path: Path, raw: bytes, header_size: int, file_size: int) -> S
 
 
 def header_size_from_prefix(path: Path, head: bytes, file_size: int) -> int:
-    """The header length from a file's first 8 bytes, after the checks every reader makes.
+    """The header length from a file's first bytes (8, or more), after the checks every reader makes.
 
     Refuses a short file, a pickle renamed to .safetensors, a header over the 100 MB cap and
     a header longer than the file (``file_size`` is the whole file's size, local or remote).
+    A pickle starts with ``\\x80`` (or ``PK`` for torch's zip format), but so does a header
+    length whose lowest byte is 128: with a 9th byte given, a header that opens with ``{``
+    (as every safetensors header must) is not taken for a pickle.
     """
     if len(head) < 8:
         raise _broken(path, f"it is only {len(head)} bytes long (the download was probably cut off)")
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    pickle_like = head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
+    if pickle_like and head[8:9] != b"{":
         raise LoraFileError(
             f"{path.name} is a PyTorch pickle file renamed to .safetensors; the studio does not load "
             "pickles because they can run code. Get the real .safetensors version of this LoRA."
@@ -243,9 +247,10 @@ def header_size_from_prefix(path: Path, head: bytes, file_size: int) -> int:
 
 def _read_header_from(f, path: Path, hasher=None) -> SafetensorsHeader:
     file_size = os.fstat(f.fileno()).st_size
-    head = f.read(8)
-    header_size = header_size_from_prefix(path, head, file_size)
-    raw = f.read(header_size)
+    first = f.read(9)  # the length and the header's first byte (see header_size_from_prefix)
+    head = first[:8]
+    header_size = header_size_from_prefix(path, first, file_size)
+    raw = (first[8:] + f.read(max(0, header_size - len(first[8:]))))[:header_size]
     if len(raw) < header_size:
         raise _broken(path, "the file ended inside its header (it changed while being read)")
     if hasher is not None:

@@ -145,3 +145,12 @@ def resolve(options: TrainOptions, *, boundary: float | None, shift: float) -> T
             "shift": options.shift if options.shift is not None else shift,
         }
     )
+
+
+def model_defaults(spec) -> dict[str, int]:
+    """Training frames and size when none are given: the model's render size, at most 33 frames."""
+    return {
+        "frames": min(spec.defaults.frames, 33),
+        "width": spec.defaults.width,
+        "height": spec.defaults.height,
+    }

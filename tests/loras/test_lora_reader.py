@@ -101,6 +101,21 @@ def test_pickle_renamed_to_safetensors_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_a_header_length_with_a_low_byte_of_128_is_not_a_pickle(tmp_path):
+    """0x80 opens every pickle, but also the length of a 128 + 256k byte header (a real file's)."""
+    from safetensors.torch import save_file
+
+    for pad in range(300):  # find metadata that makes the header length end in 0x80
+        path = tmp_path / f"lora{pad}.safetensors"
+        save_file({"a.lora_A.weight": torch.zeros(2, 2)}, path, metadata={"note": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length ending in 0x80")
+    assert list(read_header(path).tensors) == ["a.lora_A.weight"]
+    assert torch.equal(load_state_dict(path)["a.lora_A.weight"], torch.zeros(2, 2))
+
+
 def test_other_suffix_is_refused(tmp_path):
     path = _good(tmp_path / "good.safetensors").rename(tmp_path / "lora.gguf")
     with pytest.raises(LoraFileError) as exc:
