@@ -241,7 +241,8 @@ def _with_trigger(item: DatasetItem, trigger: str) -> None:
 
 # --------------------------------------------------------------------------- probing
 def _probe(media: Path, item: DatasetItem) -> None:
-    from studio.media.images import load_start_image
+    from PIL import Image
+
     from studio.media.probe import probe_video
 
     try:
@@ -249,10 +250,13 @@ def _probe(media: Path, item: DatasetItem) -> None:
             info = probe_video(media)
             item.frames, item.fps, item.width, item.height = info.frames, info.fps, info.width, info.height
         else:
-            image = load_start_image(media)
-            item.frames, item.width, item.height = 1, image.width, image.height
+            with Image.open(media) as image:
+                image.load()
+                item.frames, item.width, item.height = 1, image.width, image.height
     except StudioError as exc:
         item.problems.append(f"{exc} It is left out.")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        item.problems.append(f"{media.name} is not a readable image ({exc}). It is left out.")
 
 
 def _plan(item: DatasetItem, frames: int, width: int, height: int, fps: int, resample: bool) -> None:
