@@ -109,6 +109,7 @@ class Trainer:
         self._updating = False
         self._step_times: list[float] = []
         self._device = None
+        self._mode = "gpu"
 
     # ------------------------------------------------------------------ events
     def _emit(self, kind: str, message: str, **fields) -> None:
@@ -125,7 +126,15 @@ class Trainer:
         return roots[0]
 
     def _load_model(self):
+        from studio.engine.memory import effective_mode
+
         spec = self.manager.load_model(self.options.model)
+        self._mode = effective_mode(self.manager.memory, is_demo=spec.is_demo)
+        if self._mode not in ("gpu", "model-offload"):
+            raise ValidationError(
+                f"Training runs with the gpu or model-offload memory mode, not {self._mode} (backward needs the "
+                "weights that this mode moves away); switch the memory mode, then start again."
+            )
         if spec.experts != 2 or spec.boundary_ratio is None:
             raise ValidationError(
                 f"Training in the studio needs a two-expert Wan2.2 I2V model (A14B or the demo); {spec.label} "
@@ -341,6 +350,8 @@ class Trainer:
             expert.optimizer.step()
             expert.optimizer.zero_grad(set_to_none=True)
             self._updating = False
+            if self._mode == "model-offload" and len(self._experts) > 1:
+                pipe.maybe_free_model_hooks()  # one expert on the GPU at a time (the VRAM estimate counts it so)
         return total / o.grad_accum
 
     def _grads(self, pipe) -> dict[str, dict[str, torch.Tensor | None]]:
