@@ -18,7 +18,6 @@ The UI and CLI never hold model state; they build requests and call these method
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -51,6 +50,8 @@ from studio.engine.requests import (  # the manager's public types, re-exported
     StepEvent,
     model_record,
 )
+from studio.engine.sharing import SharedModel
+from studio.engine.turns import ModelLock
 from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
 from studio.loras.match import MatchReport, read_lora
 from studio.models.registry import ModelSpec, pipeline_source, resolve_model
@@ -71,13 +72,13 @@ def quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
 
 
-class PipelineManager:
+class PipelineManager(SharedModel):
     def __init__(
         self, settings: Settings, *, device: str | None = None, memory: MemoryConfig | None = None
     ) -> None:
         quiet_libraries()
         self.settings = settings
-        self._lock = threading.RLock()
+        self._lock = ModelLock()  # renders go before background work (training steps)
         self._device = device
         self.pipe = None
         self.spec: ModelSpec | None = None
@@ -90,6 +91,8 @@ class PipelineManager:
         self.base_norms: dict[str, dict[str, ModuleNorm]] = {}  # component -> ‖W‖² per Linear, at load
         self._compile = CompiledMode()
         self.reports: dict[Path, MatchReport] = {}  # match report of each loaded file
+        self._held: str | None = None  # the adapters `exclusive` activated, until the next stack
+        self.training: str | None = None  # the training run whose adapters are in the model
         # Counters that tests and benchmarks read.
         self.lora_file_reads = 0
         self.model_loads = 0
@@ -120,6 +123,7 @@ class PipelineManager:
         with self._lock:
             if self.spec is not None and self.spec.name == spec.name and self.pipe is not None:
                 return spec
+            self._refuse_while_training()
             self.unload()
             source = pipeline_source(spec, self.settings)
             self.pipe = self._from_pretrained(spec, source)
@@ -150,6 +154,8 @@ class PipelineManager:
         check_device(memory, self.device)
         self._check_compile(memory)
         with self._lock:
+            if self.pipe is not None and memory.needs_reload_from(self.memory):
+                self._refuse_while_training()
             previous, self.memory = self.memory, memory
             if self.pipe is None:
                 return False
@@ -172,6 +178,7 @@ class PipelineManager:
             self._fused = False
             self._shift = None
             self._compile.reset()
+            self._held = None
             lora_ops.release_memory()
 
     def _require_model(self) -> None:
@@ -222,7 +229,8 @@ class PipelineManager:
             if self._compile.active:  # the LoRAs run in the compiled blocks' room, never fused
                 fuse = keep_fused = False
             unchanged = (
-                plan.weights == self._weights
+                self._held is None
+                and plan.weights == self._weights
                 and not plan.to_load
                 and not plan.to_delete
                 and (fuse == self._fused or (keep_fused and self._fused))
@@ -365,11 +373,11 @@ class PipelineManager:
         for component in self.components().values():
             model = getattr(self.pipe, component)
             wanted = weights.get(component, {})
-            has_adapters = any(c == component for c, _ in self._loras)
-            if not has_adapters:
+            if not getattr(model, "peft_config", None):  # no adapter at all (stack or training)
                 continue
             lora_ops.set_adapter_weights(model, wanted)  # sets scales directly; {} turns LoRA off
         self._weights = {c: dict(w) for c, w in weights.items() if w}
+        self._held = None
 
     def _fuse(self) -> None:
         for component, weights in self._weights.items():
@@ -443,7 +451,7 @@ class PipelineManager:
         import torch
 
         cancel = cancel or CancelToken()
-        with self._lock:
+        with self._lock.priority():
             self._compile.notices = []
             try:
                 try:
