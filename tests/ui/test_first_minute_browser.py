@@ -14,6 +14,7 @@ from studio.service import Studio
 from studio.settings import Settings
 
 pytestmark = pytest.mark.browser
+WAIT = 30_000  # ms for the server's answer (the test machine may be busy)
 TABS = ("studio", "hub", "history", "compare")
 
 
@@ -36,7 +37,7 @@ def page(browser, fresh):
     page = context.new_page()
     page.goto(fresh[1])
     page.wait_for_selector("#render")
-    expect(page.locator(LIBRARY_ROWS)).to_have_count(3)
+    expect(page.locator(LIBRARY_ROWS)).to_have_count(3, timeout=60_000)  # the page's load events answer first
     yield page
     context.close()
 
@@ -56,24 +57,24 @@ def test_the_page_opens_with_no_error_in_any_tab(page, screenshot):
         screenshot(page, f"first-minute-{tab}")
     # the preset panel's export button has nothing to export yet, and says nothing about it
     open_tab(page, "studio")
-    expect(page.locator("#presets-status")).to_have_text("")
+    expect(page.locator("#presets-status")).to_have_text("", timeout=WAIT)
     expect(page.locator("#export-preset")).to_be_disabled()
 
 
 def test_the_library_holds_the_demo_loras_labelled_as_demo_files(page):
     assert library_names(page) == ["demo-motion", "demo-pair", "demo-style"]
     row = library_row(page, "demo-pair")
-    expect(row).to_contain_text("high + low pair")
-    expect(row).to_contain_text("the demo model")
-    expect(row).to_contain_text("compatible")
+    expect(row).to_contain_text("high + low pair", timeout=WAIT)
+    expect(row).to_contain_text("the demo model", timeout=WAIT)
+    expect(row).to_contain_text("compatible", timeout=WAIT)
     pick_in_library_table(page, "demo-style")
     card = page.locator("#library-card")
-    expect(card.locator(".lora-badge-demo")).to_have_text("demo")
-    expect(card).to_contain_text("Demo LoRA: style, for the low-noise expert only")
-    expect(card).to_contain_text("A demo file the studio built for the demo model")
-    expect(card).to_contain_text("low-noise only")
+    expect(card.locator(".lora-badge-demo")).to_have_text("demo", timeout=WAIT)
+    expect(card).to_contain_text("Demo LoRA: style, for the low-noise expert only", timeout=WAIT)
+    expect(card).to_contain_text("A demo file the studio built for the demo model", timeout=WAIT)
+    expect(card).to_contain_text("low-noise only", timeout=WAIT)
     page.click("#add-lora")
-    expect(page.locator("#stack-status")).to_contain_text("Added demo-style on low-noise")
+    expect(page.locator("#stack-status")).to_contain_text("Added demo-style on low-noise", timeout=WAIT)
 
 
 @pytest.mark.slow
@@ -89,12 +90,13 @@ def test_the_readme_quick_start_renders_with_a_demo_lora_and_compares_with_the_b
     # 3. LoRA library: click the row demo-motion, then Add to stack.
     pick_in_library_table(page, "demo-motion")
     page.click("#add-lora")
-    expect(page.locator(ENTRY)).to_have_count(1)
+    expect(page.locator("#stack-status")).to_contain_text("Added demo-motion on both experts", timeout=30_000)
+    expect(page.locator(ENTRY)).to_have_count(1, timeout=30_000)
     # 4. Render.
     page.click("#render")
     status = page.locator("#render-status")
     expect(status).to_contain_text("Rendered", timeout=180_000)
-    expect(status).to_contain_text("demo-motion (1/1)")
+    expect(status).to_contain_text("demo-motion (1/1)", timeout=WAIT)
     page.wait_for_function(
         "() => { const v = document.querySelector('#result-video video'); return v && v.duration > 0; }"
     )
@@ -110,7 +112,7 @@ def test_the_readme_quick_start_renders_with_a_demo_lora_and_compares_with_the_b
         " return vs.length === 2 && vs.every(v => v.readyState >= 2 && v.duration > 0); }",
         timeout=30_000,
     )
-    expect(page.locator("#compare-diff table")).to_contain_text("demo-motion")
+    expect(page.locator("#compare-diff table")).to_contain_text("demo-motion", timeout=WAIT)
     assert red_texts(page) == []
     records = sorted(p.name for p in fresh[0].settings.outputs_dir.glob("*.json"))
     assert len(records) == 3  # the render and the two of the comparison

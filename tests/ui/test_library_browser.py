@@ -13,6 +13,7 @@ from studio.settings import Settings
 from studio.stack.schema import LoraSource, RenderSettings, Stack, StackEntry
 
 pytestmark = pytest.mark.browser
+WAIT = 30_000  # ms for the server's answer (the test machine may be busy)
 FILTER = "#library-filter textarea, #library-filter input"
 RANKS = {"anime-a": 4, "anime-b": 16, "anime-c": 8, "city": 32, "forest": 2}
 
@@ -59,7 +60,7 @@ def page(browser, env):
     page = context.new_page()
     page.goto(env["url"])
     page.wait_for_selector("#render")
-    expect(page.locator("#library-count")).to_contain_text("27 LoRAs")
+    expect(page.locator("#library-count")).to_contain_text("27 LoRAs", timeout=60_000)
     yield page
     context.close()
 
@@ -73,27 +74,27 @@ def sort_column(page, index: int, order: str) -> None:
 
 def test_the_table_filters_sorts_and_a_row_picks_the_lora_for_add(page, screenshot):
     page.fill(FILTER, "anime")
-    expect(page.locator("#library-count")).to_contain_text("3 of 27 LoRAs match “anime”")
-    expect(page.locator(LIBRARY_ROWS)).to_have_count(3)
+    expect(page.locator("#library-count")).to_contain_text("3 of 27 LoRAs match “anime”", timeout=WAIT)
+    expect(page.locator(LIBRARY_ROWS)).to_have_count(3, timeout=WAIT)
     assert library_names(page) == ["anime-a", "anime-b", "anime-c"]
-    expect(library_row(page, "anime-b")).to_contain_text("sub/anime-b.safetensors")
+    expect(library_row(page, "anime-b")).to_contain_text("sub/anime-b.safetensors", timeout=WAIT)
 
     sort_column(page, 4, "descending")  # Rank
-    expect(page.locator(f"{LIBRARY_ROWS}[data-index='0']")).to_contain_text("anime-b")
+    expect(page.locator(f"{LIBRARY_ROWS}[data-index='0']")).to_contain_text("anime-b", timeout=WAIT)
     assert library_names(page) == ["anime-b", "anime-c", "anime-a"]
     pick_in_library_table(page, "anime-c")  # a row that moved: the pick follows the row, not its old place
     card = page.locator("#library-card")
-    expect(card).to_contain_text("anime-c")
+    expect(card).to_contain_text("anime-c", timeout=WAIT)
     expect(card).to_contain_text("8 / ")  # rank / alpha
     page.click("#add-lora")
-    expect(page.locator("#stack-status")).to_contain_text("Added anime-c on both experts")
+    expect(page.locator("#stack-status")).to_contain_text("Added anime-c on both experts", timeout=WAIT)
     screenshot(page, "library-table")
 
     page.fill(FILTER, "incompatible 14B")
-    expect(page.locator(LIBRARY_ROWS)).to_have_count(1)
+    expect(page.locator(LIBRARY_ROWS)).to_have_count(1, timeout=WAIT)
     assert library_names(page) == ["big14b"]
     page.fill(FILTER, "")
-    expect(page.locator("#library-count")).to_contain_text("27 LoRAs.")
+    expect(page.locator("#library-count")).to_contain_text("27 LoRAs.", timeout=WAIT)
 
 
 def test_messages_name_files_relative_to_their_lora_folder(page, env):
@@ -101,17 +102,17 @@ def test_messages_name_files_relative_to_their_lora_folder(page, env):
     page.fill(FILTER, "broken")  # the table shows only the rows in view: filter to reach one
     pick_in_library_table(page, "broken")
     card = page.locator("#library-card")
-    expect(card).to_contain_text("sub/broken.safetensors")
+    expect(card).to_contain_text("sub/broken.safetensors", timeout=WAIT)
     assert root not in card.inner_text() and "/tmp" not in card.inner_text()
 
     gone = env["loras"] / "sub" / "gone.safetensors"
     gone.write_bytes((env["loras"] / "sub" / "forest.safetensors").read_bytes())
     page.click("#refresh-library")
     page.fill(FILTER, "gone")
-    expect(page.locator("#library-count")).to_contain_text("1 of 28 LoRAs")
+    expect(page.locator("#library-count")).to_contain_text("1 of 28 LoRAs", timeout=WAIT)
     pick_in_library_table(page, "gone")
     page.click("#add-lora")
-    expect(page.locator("#stack-status")).to_contain_text("Added gone")
+    expect(page.locator("#stack-status")).to_contain_text("Added gone", timeout=WAIT)
     gone.unlink()
     page.set_input_files("#start-image input[type=file]", str(env["root"] / "start.png"))
     for field, value in (
@@ -127,13 +128,13 @@ def test_messages_name_files_relative_to_their_lora_folder(page, env):
     text = status.inner_text()
     assert root not in text and not re.search(r"(^|[\s'(])/[\w.-]+/", text), text
     page.click("#refresh-library")  # the file is gone, and so is its row
-    expect(page.locator("#library-count")).to_contain_text("0 of 27 LoRAs")
+    expect(page.locator("#library-count")).to_contain_text("0 of 27 LoRAs", timeout=WAIT)
 
 
 def test_history_shows_a_grid_of_thumbnails_with_captions(page, screenshot):
     page.click("#tab-history-button")
     items = page.locator("#history-gallery .thumbnail-item")
-    expect(items).to_have_count(3)
+    expect(items).to_have_count(3, timeout=WAIT)
     gallery = page.locator("#history-gallery .grid-container").bounding_box()
     boxes = [items.nth(i).bounding_box() for i in range(3)]
     assert all(b["width"] < 0.4 * gallery["width"] for b in boxes), (boxes, gallery)  # not stretched
@@ -144,7 +145,7 @@ def test_history_shows_a_grid_of_thumbnails_with_captions(page, screenshot):
         caption = item.locator(".caption-label")
         assert caption.bounding_box()["y"] >= picture["y"] + picture["height"] - 1  # below, not over it
         assert picture["height"] > 60
-        expect(caption).to_contain_text(re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"))
-        expect(caption).to_contain_text("anime-a (1/0.5)")
-        expect(caption).to_contain_text(f"seed {seed}")
+        expect(caption).to_contain_text(re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"), timeout=WAIT)
+        expect(caption).to_contain_text("anime-a (1/0.5)", timeout=WAIT)
+        expect(caption).to_contain_text(f"seed {seed}", timeout=WAIT)
     screenshot(page, "history-grid")
