@@ -335,10 +335,34 @@ def test_bad_constructor_arguments(world):
         Generator(dtype="int8")
     with pytest.raises(ValidationError, match="Unknown memory mode 'turbo'"):
         Generator(memory="turbo")
-    with pytest.raises(ValidationError, match="memory takes mode, precision and vae_tiling; speed is not"):
+    with pytest.raises(
+        ValidationError,
+        match="memory takes mode, precision, vae_tiling, compile and compile_lora_rank; speed is not",
+    ):
         Generator(memory={"speed": 1})
+    with pytest.raises(ValidationError, match="LoRA room of compiled mode must be 1 to 4096 rows"):
+        Generator(memory={"compile": True, "compile_lora_rank": 0})
     with pytest.raises(StudioError, match="nope"):
         Generator(model="nope")
+
+
+def test_compile_turns_compiled_mode_on_with_the_memory_mode_kept(world):
+    from studio import Generator
+
+    generator = Generator(model="demo", memory={"mode": "auto", "vae_tiling": True}, compile=True)
+    memory = generator.manager.memory
+    assert (memory.compile, memory.mode, memory.vae_tiling, memory.compile_lora_rank) == (
+        True,
+        "auto",
+        True,
+        128,
+    )
+    assert (
+        Generator(
+            model="demo", memory={"compile": True, "compile_lora_rank": 64}
+        ).manager.memory.compile_lora_rank
+        == 64
+    )
 
 
 def test_offline_with_the_file_in_the_cache_works(world, generator):

@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_LORA_SLOTS",
     "CompiledMode",
     "NotCompilable",
+    "check_compile",
     "compile_refusal",
     "compiled_graphs",
     "grown",
@@ -74,6 +75,16 @@ def compile_refusal(mode: str, device: str) -> str | None:
         except ImportError:
             return "Compiled mode on the GPU needs triton (pip install triton); install it or turn it off."
     return None
+
+
+def check_compile(memory, device: str, spec=None) -> None:
+    """Raise a ValidationError (a sentence) when ``memory`` asks for compiled mode and it cannot run here."""
+    from studio.engine.memory import effective_mode
+    from studio.errors import ValidationError
+
+    mode = effective_mode(memory, is_demo=spec is None or spec.is_demo)
+    if memory.compile and (refusal := compile_refusal(mode, device)):
+        raise ValidationError(refusal)
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:

@@ -27,13 +27,12 @@ from typing import Any
 import numpy as np
 
 from studio.engine import lora_ops, lora_slots
-from studio.engine.compile import CompiledMode, NotCompilable, compile_refusal
+from studio.engine.compile import CompiledMode, NotCompilable, check_compile
 from studio.engine.failures import is_oom, lora_load_error, oom_advice
 from studio.engine.memory import (
     MemoryConfig,
     apply_memory,
     check_device,
-    effective_mode,
     fuse_refusal,
     keep_lora_in_compute_dtype,
     lora_compute_dtype,
@@ -152,7 +151,7 @@ class PipelineManager(SharedModel):
     def configure_memory(self, memory: MemoryConfig) -> bool:
         """Set the memory mode; True when it reloaded the model (placement or precision changed; not compile)."""
         check_device(memory, self.device)
-        self._check_compile(memory)
+        check_compile(memory, self.device, self.spec)
         with self._lock:
             if self.pipe is not None and memory.needs_reload_from(self.memory):
                 self._refuse_while_training()
@@ -261,19 +260,19 @@ class PipelineManager(SharedModel):
             loaded={key: lora.identity for key, lora in self._loras.items()},
         )
 
-    def _check_compile(self, memory: MemoryConfig) -> None:
-        mode = effective_mode(memory, is_demo=self.spec is None or self.spec.is_demo)
-        if memory.compile and (refusal := compile_refusal(mode, self.device)):
-            raise ValidationError(refusal)
-
     def _sync_compiled(self, plan: AdapterPlan) -> bool:
         """Prepare or release the experts to match compiled mode (dropping all LoRAs); True if changed."""
         kept = {lora.identity for key, lora in self._loras.items() if key not in plan.to_delete}
-        wanted = self._compile.wanted(self.memory.compile, set(plan.to_load) | kept)
+        on = self.memory.compile and self.training is None  # a training run needs peft layers
+        wanted = self._compile.wanted(on, set(plan.to_load) | kept)
         if wanted == self._compile.active:
             return False
+        self._set_compiled(wanted)
+        return True
+
+    def _set_compiled(self, wanted: bool) -> None:
         if wanted:
-            self._check_compile(self.memory)
+            check_compile(self.memory, self.device, self.spec)
         if self._fused:
             self._unfuse()
         self._delete(list(self._loras))
@@ -281,7 +280,6 @@ class PipelineManager(SharedModel):
         models = [getattr(self.pipe, c) for c in self.components().values()]
         self._compile.switch(models, wanted, rows=self.memory.compile_lora_rank, dtype_of=lora_compute_dtype)
         lora_ops.release_memory()
-        return True
 
     @contextlib.contextmanager
     def _oom_guard(self, doing: str, settings: RenderSettings | None = None):
@@ -373,7 +371,7 @@ class PipelineManager(SharedModel):
         for component in self.components().values():
             model = getattr(self.pipe, component)
             wanted = weights.get(component, {})
-            if not getattr(model, "peft_config", None):  # no adapter at all (stack or training)
+            if not (getattr(model, "peft_config", None) or lora_slots.bank_of(model)):  # no adapter, no room
                 continue
             lora_ops.set_adapter_weights(model, wanted)  # sets scales directly; {} turns LoRA off
         self._weights = {c: dict(w) for c, w in weights.items() if w}

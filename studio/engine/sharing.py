@@ -28,6 +28,8 @@ class SharedModel:
             self._require_model()
             wanted = {c: dict(w) for c, w in (adapters or {}).items() if w}
             key = repr(sorted((c, sorted(w.items())) for c, w in wanted.items()))
+            if self._compile.active:  # training needs peft layers: uncompiled until the run ends
+                self._set_compiled(False)
             if self._held != key:
                 if self._fused:
                     self._unfuse()

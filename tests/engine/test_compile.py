@@ -298,3 +298,24 @@ def test_a_compiler_that_fails_leaves_an_uncompiled_render_and_a_notice(env, mon
         assert not manager.render(_request(stack)).model["compiled"]  # stays uncompiled, no second failure
     finally:
         torch._dynamo.reset()
+
+
+def test_a_training_run_holds_the_experts_uncompiled_until_it_ends(env):
+    """Training adds peft layers: while a run holds the model, renders run uncompiled, then compile again."""
+    settings, files = env
+    manager = PipelineManager(
+        settings, device="cpu", memory=MemoryConfig(compile=True, compile_lora_rank=ROOM)
+    )
+    manager.load_model("demo")
+    stack = _stack(files, style=1.0)
+    manager.apply_stack(stack)
+    assert lora_slots.bank_of(manager.pipe.transformer) is not None
+    with manager.exclusive() as pipe:  # what the trainer does before attaching its adapter
+        assert lora_slots.bank_of(pipe.transformer) is None
+        assert not any(b._compiled_call_impl for b in pipe.transformer.blocks)
+    manager.training = "run"
+    manager.apply_stack(stack)
+    assert lora_slots.bank_of(manager.pipe.transformer) is None and manager.loaded_adapters()
+    manager.training = None
+    manager.apply_stack(stack)
+    assert lora_slots.bank_of(manager.pipe.transformer) is not None
