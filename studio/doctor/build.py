@@ -12,6 +12,7 @@ from pathlib import Path
 
 from studio.doctor.cache import model_key
 from studio.doctor.cost import stack_cost
+from studio.doctor.effect import expert_stats
 from studio.doctor.examine import Doctor, ModelView, StackLora
 from studio.doctor.report import DoctorReport, thresholds
 from studio.engine.manager import PipelineManager
@@ -54,7 +55,7 @@ def doctor_report(
     exam = doctor.examine(model, loras, reference, read_reference=read_reference)
     modules: dict[str, dict[str, list[tuple[int, int, int]]]] = {}
     for x in loras:
-        stats = exam.stats.get(x.identity) if x.identity is not None else None
+        stats = expert_stats(exam.stats[x.identity], x.expert) if x.identity in exam.stats else None
         if stats is None or stats.error:
             continue
         norms = model.norms.get(x.expert, {})

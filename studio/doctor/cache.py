@@ -23,7 +23,7 @@ from studio.doctor.effect import FileStats
 from studio.loras.sources import FileIdentity
 from studio.media.files import write_cache_json
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MEMORY_ENTRIES = 4096
 
 
@@ -33,8 +33,15 @@ def model_key(transformer_config: Mapping[str, Any]) -> str:
     return hashlib.sha1(f"{text}|doctor-v{CACHE_VERSION}".encode()).hexdigest()[:16]
 
 
+Unit = tuple[FileIdentity, "str | None"]  # a file, or one half ("high"/"low") of a two-expert file
+
+
 def file_key(identity: FileIdentity) -> str:
     return f"{identity.path}|{identity.size}|{identity.mtime_ns}"
+
+
+def unit_key(identity: FileIdentity, half: str | None = None) -> str:
+    return file_key(identity) + (f"#{half}" if half else "")
 
 
 class DoctorCache:
@@ -97,16 +104,17 @@ class DoctorCache:
         self._put(f"file|{model}|{file_key(identity)}", stats.model_dump(mode="json"))
 
     @staticmethod
-    def _pair_key(model: str, a: FileIdentity, b: FileIdentity) -> str:
+    def _pair_key(model: str, a: Unit, b: Unit) -> str:
         """The same key both ways round (inner products are symmetric)."""
-        first, second = sorted((file_key(a), file_key(b)))
+        first, second = sorted((unit_key(*a), unit_key(*b)))
         return f"pair|{model}|{first}|{second}"
 
-    def pair_dots(self, model: str, a: FileIdentity, b: FileIdentity) -> dict[str, float] | None:
+    def pair_dots(self, model: str, a: Unit, b: Unit) -> dict[str, float] | None:
+        """Module → ``⟨Δ_a, Δ_b⟩`` of two files (or halves of two-expert files), as stored."""
         value = self._get(self._pair_key(model, a, b))
         if not isinstance(value, dict) or not all(isinstance(v, int | float) for v in value.values()):
             return None
         return {str(k): float(v) for k, v in value.items()}
 
-    def put_pair_dots(self, model: str, a: FileIdentity, b: FileIdentity, dots: Mapping[str, float]) -> None:
+    def put_pair_dots(self, model: str, a: Unit, b: Unit, dots: Mapping[str, float]) -> None:
         self._put(self._pair_key(model, a, b), dict(dots))

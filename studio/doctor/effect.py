@@ -56,6 +56,21 @@ class FileStats(BaseModel):
     modules: dict[str, ModuleStats] = {}
     notes: list[str] = []
     error: str | None = None
+    halves: dict[str, FileStats] = {}  # a two-expert (ai-toolkit) file: the stats of each half
+
+
+def expert_half(stats: FileStats, expert: str) -> str | None:
+    """The half of the file that goes on ``expert`` (None: the whole file)."""
+    return expert if stats.halves else None
+
+
+def expert_stats(stats: FileStats, expert: str) -> FileStats:
+    """What of the file lands on ``expert``: its half of a two-expert file, else the file."""
+    if not stats.halves:
+        return stats
+    if expert in stats.halves:
+        return stats.halves[expert]
+    return FileStats(error=f"the file holds no half for the {expert}-noise expert")
 
 
 def file_stats(factors: LoraFactors, squares: Mapping[str, float] | None = None) -> FileStats:

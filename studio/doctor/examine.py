@@ -17,8 +17,17 @@ from pathlib import Path
 
 from torch import nn
 
-from studio.doctor.cache import DoctorCache
-from studio.doctor.effect import NO_EFFECT, FileStats, file_stats, judge, library_median, relative_effect
+from studio.doctor.cache import DoctorCache, Unit
+from studio.doctor.effect import (
+    NO_EFFECT,
+    FileStats,
+    expert_half,
+    expert_stats,
+    file_stats,
+    judge,
+    library_median,
+    relative_effect,
+)
 from studio.doctor.factors import LoraFactors, inner_matrix, read_factors
 from studio.doctor.pairs import judge_pair
 from studio.doctor.report import LibraryReference, LoraFinding, PairFinding
@@ -91,6 +100,26 @@ def stack_loras(stack: Stack, roots: Sequence[Path], components: Mapping[str, st
 READ_GROUP = 8  # library files read and measured together
 
 
+def _ordered(a: Unit, b: Unit) -> tuple[Unit, Unit]:
+    return (a, b) if str(a) <= str(b) else (b, a)
+
+
+def _halves(stats: FileStats) -> list[str | None]:
+    return list(stats.halves) if stats.halves else [None]
+
+
+def _unit_pairs(
+    a: FileIdentity, halves_a: list[str | None], b: FileIdentity, halves_b: list[str | None]
+) -> list[tuple[Unit, Unit]]:
+    """The parts of two files that can meet on one expert (two split files: the same half only)."""
+    out = []
+    for ha in halves_a:
+        for hb in halves_b:
+            if ha is None or hb is None or ha == hb:
+                out.append(_ordered((a, ha), (b, hb)))
+    return out
+
+
 def _self_dots(stats: FileStats) -> dict[str, float]:
     return {name: m.weight_sq + m.bias_sq for name, m in stats.modules.items()}
 
@@ -103,8 +132,8 @@ class Doctor:
         self._lock = threading.Lock()
         self.files_read = 0  # LoRA files read (tests and benchmarks check it)
 
-    def _read(self, model: ModelView, identity: FileIdentity) -> LoraFactors | FileStats:
-        """The file's factors, or (cached when it is the file's fault) why it cannot be measured."""
+    def _read(self, model: ModelView, identity: FileIdentity) -> dict[str | None, LoraFactors] | FileStats:
+        """The file's factors (per half), or (cached when it is the file's fault) why it cannot be measured."""
         self.files_read += 1
         try:
             return read_factors(identity.path, model.transformer)
@@ -121,33 +150,47 @@ class Doctor:
         group: list[FileIdentity],
         stats: dict[FileIdentity, FileStats],
         wanted: set[tuple[FileIdentity, FileIdentity]],
-        dots: dict[tuple[FileIdentity, FileIdentity], dict[str, float]],
+        dots: dict[tuple[Unit, Unit], dict[str, float]],
     ) -> None:
         """Read ``group`` together; per module one :func:`inner_matrix` gives its sizes and wanted pairs."""
-        factors: dict[FileIdentity, LoraFactors] = {}
+        factors: dict[Unit, LoraFactors] = {}
+        halves: dict[FileIdentity, list[str | None]] = {}
         for identity in group:
             read = self._read(model, identity)
             if isinstance(read, FileStats):
                 stats.setdefault(identity, read)
-            else:
-                factors[identity] = read
-        squares: dict[FileIdentity, dict[str, float]] = {f: {} for f in factors}
-        pairs = [pair for pair in wanted if pair[0] in factors and pair[1] in factors]
-        found: dict[tuple[FileIdentity, FileIdentity], dict[str, float]] = {pair: {} for pair in pairs}
+                continue
+            halves[identity] = list(read)
+            for half, f in read.items():
+                factors[(identity, half)] = f
+        squares: dict[Unit, dict[str, float]] = {u: {} for u in factors}
+        pairs = [
+            unit_pair
+            for a, b in wanted
+            if a in halves and b in halves
+            for unit_pair in _unit_pairs(a, halves[a], b, halves[b])
+        ]
+        found: dict[tuple[Unit, Unit], dict[str, float]] = {pair: {} for pair in pairs}
         modules = dict.fromkeys(name for f in factors.values() for name in f.modules)
         for name in modules:
-            owners = [f for f in factors if name in factors[f].modules]
-            matrix = inner_matrix([factors[f].modules[name] for f in owners], model.device)
-            index = {f: k for k, f in enumerate(owners)}
-            for f in owners:
-                squares[f][name] = matrix[index[f]][index[f]]
+            owners = [u for u in factors if name in factors[u].modules]
+            matrix = inner_matrix([factors[u].modules[name] for u in owners], model.device)
+            index = {u: k for k, u in enumerate(owners)}
+            for u in owners:
+                squares[u][name] = matrix[index[u]][index[u]]
             for a, b in pairs:
                 if a in index and b in index:
                     found[(a, b)][name] = matrix[index[a]][index[b]]
-        for identity, read in factors.items():
-            if identity not in stats:
-                stats[identity] = file_stats(read, squares[identity])
-                self.cache.put_file_stats(model.key, identity, stats[identity])
+        for identity, parts in halves.items():
+            if identity in stats:
+                continue
+            if parts == [None]:
+                stats[identity] = file_stats(factors[(identity, None)], squares[(identity, None)])
+            else:
+                split = {h: file_stats(factors[(identity, h)], squares[(identity, h)]) for h in parts}
+                notes = list(dict.fromkeys(n for part in split.values() for n in part.notes))
+                stats[identity] = FileStats(halves={str(h): v for h, v in split.items()}, notes=notes)
+            self.cache.put_file_stats(model.key, identity, stats[identity])
         for pair, pair_found in found.items():
             dots[pair] = pair_found
             self.cache.put_pair_dots(model.key, *pair, pair_found)
@@ -193,14 +236,18 @@ class Doctor:
                 for b in members[i + 1 :]:
                     if a.identity != b.identity:
                         pairs_wanted.add(tuple(sorted((a.identity, b.identity), key=str)))  # type: ignore[arg-type]
-        dots: dict[tuple[FileIdentity, FileIdentity], dict[str, float]] = {}
+        dots: dict[tuple[Unit, Unit], dict[str, float]] = {}
         missing_pairs = []
-        for pair in sorted(pairs_wanted, key=str):
-            cached_dots = self.cache.pair_dots(model.key, *pair)
-            if cached_dots is not None:
-                dots[pair] = cached_dots
+        for a, b in sorted(pairs_wanted, key=str):
+            if a not in stats or b not in stats:
+                missing_pairs.append((a, b))
+                continue
+            units = _unit_pairs(a, _halves(stats[a]), b, _halves(stats[b]))
+            cached = {pair: self.cache.pair_dots(model.key, *pair) for pair in units}
+            if all(v is not None for v in cached.values()):
+                dots.update(cached)  # type: ignore[arg-type]
             else:
-                missing_pairs.append(pair)
+                missing_pairs.append((a, b))
 
         # Files read together: those of the missing pairs (and the stack's) first, then the rest of
         # the library in small groups (wide Gram matrices, bounded memory).
@@ -220,9 +267,12 @@ class Doctor:
     def _judge(self, model, loras, reference, stats, dots) -> Examination:
         experts = list(model.norms)
         effect_at_1: dict[tuple[FileIdentity, str], float | None] = {}
-        for identity, s in stats.items():
+        for identity, file in stats.items():
             for expert in experts:
-                effect_at_1[(identity, expert)] = None if s.error else relative_effect(s, model.norms[expert])
+                part = expert_stats(file, expert)
+                effect_at_1[(identity, expert)] = (
+                    None if part.error else relative_effect(part, model.norms[expert])
+                )
 
         def median_without(expert: str, own: FileIdentity | None) -> float | None:
             return library_median(effect_at_1.get((r, expert)) for r in reference.get(expert, ()) if r != own)
@@ -235,7 +285,7 @@ class Doctor:
 
         findings: list[LoraFinding] = []
         for x in loras:
-            s = stats.get(x.identity) if x.identity is not None else None
+            s = expert_stats(stats[x.identity], x.expert) if x.identity in stats else None
             error = x.error or (s.error if s is not None else "the file could not be read")
             if x.identity is None or s is None or s.error:
                 findings.append(
@@ -259,17 +309,20 @@ class Doctor:
             )  # fmt: skip
 
         pairs: list[PairFinding] = []
-        usable = [x for x in loras if x.identity is not None and not stats[x.identity].error]
+        usable = [
+            x for x in loras if x.identity in stats and not expert_stats(stats[x.identity], x.expert).error
+        ]
         for expert in experts:
             members = [x for x in usable if x.expert == expert]
             for i, a in enumerate(members):
                 for b in members[i + 1 :]:
-                    sa, sb = stats[a.identity], stats[b.identity]
+                    sa, sb = (expert_stats(stats[x.identity], expert) for x in (a, b))
                     if a.identity == b.identity:
                         pair_dots_ = _self_dots(sa)
                     else:
-                        key = tuple(sorted((a.identity, b.identity), key=str))
-                        pair_dots_ = dots.get(key, {})
+                        ua = (a.identity, expert_half(stats[a.identity], expert))
+                        ub = (b.identity, expert_half(stats[b.identity], expert))
+                        pair_dots_ = dots.get(_ordered(ua, ub), {})
                     verdict = judge_pair(pair_dots_, sa, sb, a.weight, b.weight)
                     pairs.append(
                         PairFinding(

@@ -1,6 +1,6 @@
 r"""A LoRA file's weight change per module, as low-rank factors (or a dense diff), and its exact sizes.
 
-The file is read the way the pipeline manager reads it (:func:`studio.loras.match.prepare_lora`:
+The file is read the way the pipeline manager reads it (:func:`studio.loras.match.read_lora`:
 the safe safetensors reader, the converter for every layout the studio loads, the match
 against the model), so the doctor sees exactly the modules and factors that would be
 loaded: alpha folded in, LoKr/LoHa turned into factors, ``diff_b`` as LoRA biases, and
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from studio.loras.match import prepare_lora
+from studio.loras.match import read_lora
 
 _PARAMS = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
 
@@ -100,18 +100,25 @@ def _modules(state_dict: Mapping[str, torch.Tensor]) -> Iterator[tuple[str, dict
             yield name, params
 
 
-def read_factors(path: str | Path, transformer: nn.Module) -> LoraFactors:
-    """Read, convert and match a LoRA file for ``transformer``; raises ``LoraFileError`` as loading would.
-
-    Only the structure of ``transformer`` is read (which layers exist, their shapes), never
-    its weights, so this needs no lock on the model.
-    """
-    prepared = prepare_lora(path, transformer, hash_file=False)
+def _factors(path: Path, prepared) -> LoraFactors:
     modules = {name: module_delta(params) for name, params in _modules(prepared.state_dict)}
     notes = list(prepared.notes)
     if any(k.endswith(".lora_magnitude_vector") for k in prepared.state_dict):
         notes.append("Its DoRA magnitudes are not counted: the doctor measures the low-rank change only.")
-    return LoraFactors(path=Path(path), modules=modules, notes=notes)
+    return LoraFactors(path=path, modules=modules, notes=notes)
+
+
+def read_factors(path: str | Path, transformer: nn.Module) -> dict[str | None, LoraFactors]:
+    """Read, convert and match a LoRA file for ``transformer``; raises ``LoraFileError`` as loading would.
+
+    Returns ``{None: factors}``, or for a two-expert (ai-toolkit) file one entry per half
+    (``"high"``, ``"low"``), each prepared the way the manager prepares it for that expert.
+    Only the structure of ``transformer`` is read (which layers exist, their shapes), never
+    its weights, so this needs no lock on the model.
+    """
+    lora = read_lora(path, hash_file=False)
+    halves: list[str | None] = list(lora.info.experts_in_file) if lora.two_experts else [None]
+    return {half: _factors(Path(path), lora.prepare(transformer, half)) for half in halves}
 
 
 # --------------------------------------------------------------------------- inner products

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -133,7 +132,3 @@ class DoctorReport(_Model):
         problems = self.problems()
         tail = "; ".join(problems) if problems else "no problems found"
         return f"doctor: {effects} — {tail}"
-
-
-def display_name(path: Path, name: str | None) -> str:
-    return name or path.name

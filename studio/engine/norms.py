@@ -78,8 +78,12 @@ def weight_norms(transformer: nn.Module, device: str | torch.device | None = Non
     return norms
 
 
-def pipeline_norms(pipe, device: str | torch.device | None = None) -> dict[str, dict[str, ModuleNorm]]:
-    """Component (``transformer``, ``transformer_2``) → :func:`weight_norms` of a Wan pipeline's experts."""
+def pipeline_norms(pipe, device: str | None = None) -> dict[str, dict[str, ModuleNorm]]:
+    """Component (``transformer``, ``transformer_2``) → :func:`weight_norms` of a Wan pipeline's experts.
+
+    ``device``: the device the model will run on; with ``"cuda"`` the reductions run there.
+    """
+    device = "cuda" if device == "cuda" else None
     out = {}
     for component in ("transformer", "transformer_2"):
         model = getattr(pipe, component, None)

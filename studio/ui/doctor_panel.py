@@ -3,15 +3,17 @@
 It recomputes whenever the stack, a weight or the render size changes, in its own queue
 (``concurrency_id="doctor"``), never the GPU's: the doctor reads LoRA files and the base
 norms kept at model load, never the model, so it runs beside a render. Its flags become
-badges on the stack entries (through ``badges``, a ``gr.State`` the stack view draws from;
-``version`` is bumped only when the badges change, so dragging a slider does not re-draw
-the stack). *Measure* times one forward with and without the stack; that needs the model,
-so it runs on the GPU queue.
+badges on the stack entries: each entry has an empty slot (:func:`badge_slot`) and the
+panel's script fills the slots from the latest findings (carried in the panel's HTML)
+whenever they or the stack view change — so a new finding never re-draws the stack (which
+would swallow a click or a slider drag). *Measure* times one forward with and without the
+stack; that needs the model, so it runs on the GPU queue.
 """
 
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass
 
 import gradio as gr
@@ -42,6 +44,38 @@ def badges_html(flags: list[str]) -> str:
     return "".join(badge(f) for f in flags)
 
 
+def badge_slot(entry_id: str) -> str:
+    """The empty badge slot of a stack entry (ids are ``[A-Za-z0-9_-]``, checked by the stack schema)."""
+    return f"<div class='doctor-badges' data-entry='{html.escape(entry_id)}' id='badges-{html.escape(entry_id)}'></div>"
+
+
+# Copies each entry's badges from the panel's findings into its slot: when the findings change
+# (watch) and when the stack view is re-drawn (new, empty slots).
+FILL_BADGES_JS = """
+const fill = () => {
+  const data = element.querySelector('.doctor-badge-data');
+  const badges = data ? JSON.parse(data.dataset.badges || '{}') : {};
+  document.querySelectorAll('.doctor-badges[data-entry]').forEach((slot) => {
+    const html = badges[slot.dataset.entry] || '';
+    if (slot.dataset.shown !== html) {  // (innerHTML reads back normalised: compare what was set)
+      slot.dataset.shown = html;
+      slot.innerHTML = html;
+    }
+  });
+};
+watch('value', fill);
+new MutationObserver(fill).observe(document.body, { childList: true, subtree: true });
+fill();
+"""
+
+
+def badge_data(report: DoctorReport | None) -> str:
+    """The findings' badges per entry, as the hidden element the page's script reads."""
+    flags = report.flags_by_entry() if report is not None else {}
+    data = json.dumps({entry: badges_html(f) for entry, f in flags.items()})
+    return f"<div class='doctor-badge-data' hidden data-badges='{html.escape(data, quote=True)}'></div>"
+
+
 def _pct(value: float | None) -> str:
     return "?" if value is None else f"{100 * value:.3g}%"
 
@@ -53,7 +87,7 @@ def _bytes(n: int) -> str:
 def report_html(report: DoctorReport) -> str:
     e = html.escape
     if not report.loras:
-        return "<div class='doctor-empty' id='doctor-empty'>No active LoRAs: nothing to check.</div>"
+        return f"<div class='doctor-empty' id='doctor-empty'>No active LoRAs: nothing to check.</div>{badge_data(None)}"
     rows = []
     for f in report.loras:
         vs = f"×{f.factor:.2g}" if f.factor is not None else "—"
@@ -98,7 +132,7 @@ def report_html(report: DoctorReport) -> str:
         parts.insert(0, f"<ul class='doctor-problems' id='doctor-problems'>{items}</ul>")
     else:
         parts.insert(0, "<div class='doctor-ok' id='doctor-ok'>No problems found.</div>")
-    return f"<div class='doctor-panel'>{''.join(parts)}</div>"
+    return f"<div class='doctor-panel'>{''.join(parts)}</div>{badge_data(report)}"
 
 
 def measured_html(report: DoctorReport) -> str:
@@ -118,52 +152,41 @@ class DoctorWidgets:
     view: gr.HTML
     measure: gr.Button
     measured: gr.HTML
-    badges: gr.State  # entry id -> flags, for the stack view
-    version: gr.State  # bumped when the badges change
 
 
-def doctor_widgets(badges: gr.State, version: gr.State) -> DoctorWidgets:
+def doctor_widgets() -> DoctorWidgets:
     """The panel's components, placed where it is called (next to the stack)."""
     with gr.Accordion("Doctor", open=True, elem_id="doctor-panel"):
-        view = gr.HTML("", elem_id="doctor-view")
+        view = gr.HTML("", elem_id="doctor-view", js_on_load=FILL_BADGES_JS)
         with gr.Row():
             measure = gr.Button("Measure", size="sm", elem_id="doctor-measure")
         measured = gr.HTML("", elem_id="doctor-measured-view")
-    return DoctorWidgets(view=view, measure=measure, measured=measured, badges=badges, version=version)
+    return DoctorWidgets(view=view, measure=measure, measured=measured)
 
 
 def wire_doctor_panel(
     studio: Studio, refs: EditorRefs, widgets: DoctorWidgets, mode, precision, *, gpu_queue: str
 ) -> None:
-    inputs = [
-        refs.stack_state,
-        refs.fuse,
-        mode,
-        precision,
-        widgets.badges,
-        widgets.version,
-        *refs.settings_widgets,
-    ]
+    inputs = [refs.stack_state, refs.fuse, mode, precision, *refs.settings_widgets]
 
     def _request(state, fuse, mode_v, precision_v, values):
         settings = h.settings_from_widgets(*values)
         return settings, h.to_stack(state), MemoryConfig(mode=mode_v, precision=precision_v), bool(fuse)
 
-    def update(state, fuse, mode_v, precision_v, badges, version, *values):
+    def update(state, fuse, mode_v, precision_v, *values):
         try:
             settings, stack, memory, fuse_v = _request(state, fuse, mode_v, precision_v, values)
             report = studio.doctor(settings, stack, memory, fuse=fuse_v)
         except StudioError as exc:
-            return h.status(f"Doctor: {exc}", "warning"), badges, version
-        new = report.flags_by_entry()
-        return report_html(report), new, version + (new != (badges or {}))
+            return h.status(f"Doctor: {exc}", "warning") + badge_data(None)
+        return report_html(report)
 
     triggers = [refs.stack_state.change, refs.stack_version.change, refs.fuse.change, mode.change,
                 precision.change, refs.app.load, *(w.change for w in refs.settings_widgets[2:])]  # fmt: skip
-    gr.on(triggers, update, inputs=inputs, outputs=[widgets.view, widgets.badges, widgets.version],
+    gr.on(triggers, update, inputs=inputs, outputs=[widgets.view],
           trigger_mode="always_last", show_progress="hidden", **DOCTOR_QUEUE)  # fmt: skip
 
-    def measure(state, fuse, mode_v, precision_v, badges, version, *values):
+    def measure(state, fuse, mode_v, precision_v, *values):
         try:
             settings, stack, memory, fuse_v = _request(state, fuse, mode_v, precision_v, values)
             report = studio.doctor(settings, stack, memory, fuse=fuse_v, measure=True)

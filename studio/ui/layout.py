@@ -13,7 +13,7 @@ from studio.service import Studio
 from studio.ui import handlers as h
 from studio.ui.api import register_api
 from studio.ui.compare_tab import build_compare_tab
-from studio.ui.doctor_panel import badges_html, doctor_widgets, wire_doctor_panel
+from studio.ui.doctor_panel import badge_slot, doctor_widgets, wire_doctor_panel
 from studio.ui.history_tab import build_history_tab
 from studio.ui.hub_panel import build_hub_tab
 from studio.ui.library_view import TABLE_HEADERS, TABLE_TYPES, TABLE_WIDTHS
@@ -41,8 +41,6 @@ def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="Wan LoRA Studio", analytics_enabled=False) as app:
         stack_state = gr.State({"entries": []})
         stack_version = gr.State(0)  # bumped on structural changes only: re-draws the stack view
-        doctor_badges = gr.State({})  # entry id -> the doctor's flags, drawn as badges on the entries
-        doctor_version = gr.State(0)  # bumped when those badges change: re-draws the stack view
 
         gr.HTML("<h1 class='studio-title'>Wan LoRA Studio</h1>")
         banner = gr.HTML(_model_banner(studio), elem_id="model-banner")
@@ -135,11 +133,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                             )
                         stack_status = gr.HTML("", elem_id="stack-status")
 
-                        @gr.render(
-                            inputs=[stack_state, doctor_badges],
-                            triggers=[stack_version.change, doctor_version.change, app.load],
-                        )
-                        def draw_stack(state, badges):
+                        @gr.render(inputs=[stack_state], triggers=[stack_version.change, app.load])
+                        def draw_stack(state):
                             stack = h.to_stack(state)
                             if not stack.entries:
                                 gr.Markdown(
@@ -156,10 +151,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                                     stack_state,
                                     stack_version,
                                     stack_status,
-                                    (badges or {}).get(entry.id, []),
                                 )
 
-                        doctor = doctor_widgets(doctor_badges, doctor_version)
+                        doctor = doctor_widgets()
 
                     # ------------------------------------------------------------ output
                     with gr.Column(scale=5, min_width=320):
@@ -363,7 +357,7 @@ def _is_hub_model(name: str) -> bool:
     return name in REGISTRY and REGISTRY[name].repo_id is not None
 
 
-def _draw_entry(entry, position, count, two_experts, stack_state, stack_version, stack_status, flags=()):
+def _draw_entry(entry, position, count, two_experts, stack_state, stack_version, stack_status):
     """One stack row: enable, name, a weight slider per expert, move up/down, remove, the doctor's badges."""
     with gr.Group(elem_classes=["stack-entry"], elem_id=f"entry-{entry.id}"):
         with gr.Row():
@@ -394,8 +388,7 @@ def _draw_entry(entry, position, count, two_experts, stack_state, stack_version,
                 )  # fmt: skip
         files = " · ".join(f"{e}: {html.escape(Path(s).name)}" for e, s in sources)
         gr.HTML(f"<div class='entry-files'>{files}</div>")
-        if flags:
-            gr.HTML(f"<div class='doctor-badges' id='badges-{entry.id}'>{badges_html(list(flags))}</div>")
+        gr.HTML(badge_slot(entry.id))  # filled in the page from the Doctor panel's latest findings
 
     private = {"api_visibility": "private", "concurrency_limit": None, "trigger_mode": "always_last"}
     enabled.change(

@@ -164,3 +164,24 @@ def test_a_lora_that_fits_nothing_is_reported_not_raised(studio, write, library)
     assert all(f.error is None for f in report.loras if f.name == "good")
     assert "cannot be measured" in report.summary()
     assert report.flags_by_entry()[report.loras[-1].entry] == ["error"]
+
+
+def test_a_two_expert_file_is_measured_per_half_as_the_manager_loads_it(studio, manager, write):
+    # ai-toolkit: both experts in one file; each expert gets its own half
+    path = write("both.safetensors", lora_tensors(seed=4, layout="ai_toolkit", scale=0.2))
+    other = write("style.safetensors", lora_tensors(seed=5))
+    stack = stack_of(single(path, 0.6, 1.4), single(other))
+    report = studio.doctor(TINY, stack)
+    dense = dense_relative_effects(manager, stack_of(single(path, 0.6, 1.4)))
+    found = {f.expert: f for f in report.loras if f.name == "both"}
+    for expert, (effect, modules) in dense.items():
+        assert found[expert].modules == modules > 0
+        assert found[expert].relative_effect == pytest.approx(effect, rel=1e-4)
+    assert found["high"].relative_effect_at_1 != pytest.approx(found["low"].relative_effect_at_1)
+    assert {p.expert for p in report.pairs} == {"high", "low"} and all(
+        p.cosine is not None for p in report.pairs
+    )
+    reads = studio.doctor_engine.files_read
+    assert (
+        studio.doctor(TINY, stack).to_json() == report.to_json() and studio.doctor_engine.files_read == reads
+    )
