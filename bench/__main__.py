@@ -1,4 +1,4 @@
-"""``python -m bench``: benchmarks 1–6 in order, each table, then one combined ``key=value`` line.
+"""``python -m bench``: benchmarks 1–6 and 8 (the training step) in order, each table, then one combined ``key=value`` line.
 
 The GPU benchmark (7) runs on its own: ``python -m bench.gpu`` (it needs CUDA).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from bench import add_lora, cold_start, common, fuse, memory, per_step, weight_change
+from bench import add_lora, cold_start, common, fuse, memory, per_step, train, weight_change
 from bench.context import Context
 from bench.subjects import BLOCK_TRUE
 
@@ -19,6 +19,7 @@ TARGETS = {
     "fused_overhead": 0.02,
     "unfused4_overhead": 0.15,
     "rss_growth": 0.05,
+    "train_step_ratio": 1.15,
 }
 MAIN_KEYS = (
     "weight_change_ratio",
@@ -27,6 +28,7 @@ MAIN_KEYS = (
     "fused_overhead",
     "unfused4_overhead",
     "rss_growth",
+    "train_step_ratio",
     "cold_start_s",
     "first_render_s",
 )
@@ -45,7 +47,7 @@ def main() -> None:
             keys.update(found)
             common.emit(text)
         ctx.drop(BLOCK_TRUE)
-        for module in (memory, cold_start):
+        for module in (memory, cold_start, train):
             text, found = module.run(ctx)
             keys.update(found)
             common.emit(text)
