@@ -16,7 +16,7 @@ from studio.settings import Settings
 from studio.ui import train_form as form
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from trainkit import write_clip  # noqa: E402
+from trainkit import write_clip
 
 FORM = dict(
     name="ui", experts="both", steps=4, rank=4, alpha=None, lr=0.02, batch=1, grad_accum=1, seed=3, frames=9,
