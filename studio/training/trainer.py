@@ -274,7 +274,7 @@ class Trainer:
 
     def _lora_files(self, step: int) -> dict[str, bytes]:
         o, spec = self.options, self.manager.spec
-        dtype = export.DTYPES.get(o.save_dtype) or getattr(torch, spec.dtype)
+        dtype = export.DTYPES.get(o.save_dtype) or self.manager.load_dtype(spec)  # auto: the model's
         files = {}
         with self.manager.exclusive() as pipe:
             for e in self._experts:
