@@ -24,14 +24,23 @@ from studio.vram.nvml import card_bytes
 
 CARDS = [("detected GPU", "detected"), ("16 GB", "16"), ("24 GB", "24"), ("48 GB", "48"), ("80 GB", "80")]
 PRIVATE = {"api_visibility": "private"}
+SERIES_COLORS = {
+    "high-noise": "#ea580c", "low-noise": "#2563eb",
+    "high-noise validation": "#fdba74", "low-noise validation": "#93c5fd",
+}  # fmt: skip
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
-    frame["series"] = frame["series"].astype(
-        object
-    )  # nominal colours (pandas' string dtype reads as numbers)
-    return frame
+    """The plot's table with fixed column types (an empty one too): numbers on the axes, names as colours."""
+    return pd.DataFrame(
+        {
+            "step": pd.Series([r["step"] for r in rows], dtype="int64"),
+            "loss": pd.Series([r["loss"] for r in rows], dtype="float64"),
+            "series": pd.Series(
+                [r["series"] for r in rows], dtype=object
+            ),  # pandas' string dtype reads as numbers
+        }
+    )
 
 
 def build_train_tab(studio: Studio, refs: EditorRefs, compare: CompareHandle) -> None:
@@ -107,8 +116,10 @@ def build_train_tab(studio: Studio, refs: EditorRefs, compare: CompareHandle) ->
         runs = gr.Dropdown([], label="Resume a run", elem_id="train-runs", scale=2)
         resume_btn = gr.Button("Resume", elem_id="train-resume")
     status = gr.HTML(h.status("No training run yet."), elem_id="train-status")
-    plot = gr.LinePlot(_frame([]), x="step", y="loss", color="series",
-                       label="Loss per expert", elem_id="train-loss", height=260)  # fmt: skip
+    plot = gr.LinePlot(
+        _frame([]), x="step", y="loss", color="series", color_map=SERIES_COLORS, colors_in_legend=list(SERIES_COLORS),
+        label="Loss per expert", elem_id="train-loss", height=260,
+    )  # fmt: skip
     with gr.Row(equal_height=False):
         sample = gr.Video(label="Latest sample", interactive=False, elem_id="train-sample", height=260)
         with gr.Column():
