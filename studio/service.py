@@ -79,6 +79,8 @@ class Studio:
         self._infos: dict = {}  # FileIdentity -> LoraInfo (header only), for estimates
         self._render_on_gpu = on_gpu(_render, duration=_render_seconds)
         self.doctor_engine = Doctor(settings.cache_dir)
+        self._job = None  # the training run (studio.training.job.TrainingJob), one at a time
+        self._job_lock = threading.Lock()
 
     # --------------------------------------------------------------- models
     @property
@@ -401,6 +403,74 @@ class Studio:
             return False
         token.cancel()
         return True
+
+    # ------------------------------------------------------------- training
+    def dataset_report(self, folder: str | Path, options):
+        """The check report of a dataset folder for these training settings (nothing loads)."""
+        from studio.training.dataset import check_dataset
+
+        spec = self.model_spec(options.model)
+        return check_dataset(
+            folder, frames=options.frames, width=options.width, height=options.height,
+            fps=spec.defaults.fps, resample_fps=options.resample_fps, trigger=options.trigger,
+        )  # fmt: skip
+
+    def training_estimate(self, options, memory: MemoryConfig):
+        """Peak VRAM of a training run with these settings in this memory mode (pure)."""
+        from studio.vram.training import estimate_training
+
+        spec = self.model_spec(options.model)
+        return estimate_training(
+            spec, width=options.width, height=options.height, frames=options.frames, rank=options.rank,
+            experts=options.trained_experts, batch=options.batch, module_kinds=options.target_modules,
+            gradient_checkpointing=options.gradient_checkpointing,
+            mode=effective_mode(memory, is_demo=spec.is_demo), precision=memory.precision,
+        )  # fmt: skip
+
+    def start_training(self, options=None, dataset=None, *, resume=None, overrides=None):
+        """Start a run (or resume one) in the background; returns its TrainingJob at once."""
+        from studio.engine.zerogpu import is_zerogpu
+        from studio.errors import ValidationError
+        from studio.training.job import TrainingJob
+
+        if is_zerogpu():
+            raise ValidationError(
+                "Training needs a GPU held for the whole run, which a ZeroGPU Space does not give; train on a "
+                "machine of your own, or write a musubi-tuner / diffusion-pipe config (--export-config)."
+            )
+        with self._job_lock:
+            if self._job is not None and self._job.running:
+                raise ValidationError(f"The run {self._job.snapshot().name} is training; stop it first.")
+            job = TrainingJob(self.manager, options, dataset=dataset, resume=resume, overrides=overrides)
+            self._job = job.start()
+        return job
+
+    def stop_training(self) -> bool:
+        """Stop the running training run at its next step (it writes a checkpoint); False when none runs."""
+        job = self._job
+        if job is None or not job.running:
+            return False
+        job.stop()
+        return True
+
+    def training_snapshot(self):
+        """The current (or last) run's progress, or None before the first run."""
+        return None if self._job is None else self._job.snapshot()
+
+    def training_runs(self) -> list:
+        """Training runs on disk (newest first): resumable ones have a checkpoint."""
+        from studio.errors import ValidationError
+        from studio.training.state import load_run, runs_root
+
+        roots = self.settings.resolved_lora_dirs()
+        folder = runs_root(roots[0]) if roots else None
+        runs = []
+        for run_dir in sorted(folder.iterdir()) if folder and folder.is_dir() else []:
+            try:
+                runs.append((run_dir, load_run(run_dir)))
+            except ValidationError:
+                continue
+        return sorted(runs, key=lambda r: r[1].updated, reverse=True)
 
 
 def _compiled_room(loads: list[LoraLoad], rows: int) -> list[LoraLoad]:

@@ -274,7 +274,7 @@ class Trainer:
 
     def _lora_files(self, step: int) -> dict[str, bytes]:
         o, spec = self.options, self.manager.spec
-        dtype = export.DTYPES.get(o.save_dtype) or getattr(torch, spec.dtype)
+        dtype = export.DTYPES.get(o.save_dtype) or self.manager.load_dtype(spec)  # auto: the model's
         files = {}
         with self.manager.exclusive() as pipe:
             for e in self._experts:
@@ -462,18 +462,37 @@ class Trainer:
         self.record.error = why
         self._save_record("failed")
 
+    def _encode(self, items, *, augment: bool) -> Encoded:
+        o = self.options
+        return encode_items(
+            self.manager, items, cache_dir=self.manager.settings.cache_dir / "training" / o.model.replace("/", "_"),
+            model_name=self.manager.spec.name, hflip=augment and o.hflip, random_crop=augment and o.random_crop,
+            crops=o.crops, seed=o.seed, progress=lambda i, n, name: self._emit("phase", f"Encoding {name} ({i}/{n})"),
+        )  # fmt: skip
+
+    def prepare_steps(self) -> tuple[Encoded, dict[str, list[int]]]:
+        """Load the model, encode the dataset and attach the adapters, without a run folder or loop.
+
+        For benchmarks and tests that drive :meth:`optimizer_step` themselves; call :meth:`close` after.
+        """
+        spec = self._load_model()
+        self.options = resolve(self.options, boundary=spec.boundary_ratio, shift=spec.defaults.shift)
+        train_items, _, _ = self._datasets(spec)
+        train = self._encode(train_items, augment=True)
+        self._attach()
+        return train, train.buckets()
+
+    @property
+    def experts(self) -> list[_Expert]:
+        return list(self._experts)
+
+    def close(self) -> None:
+        """Take the training adapters out of the model (a run does this itself when it ends)."""
+        self._detach()
+
     def _run(self, stop, train_items, val_items, checkpoint) -> TrainResult:
         o = self.options
-        cache = self.manager.settings.cache_dir / "training" / o.model.replace("/", "_")
-
-        def encode(items, augment: bool) -> Encoded:
-            return encode_items(
-                self.manager, items, cache_dir=cache, model_name=self.manager.spec.name,
-                hflip=augment and o.hflip, random_crop=augment and o.random_crop, crops=o.crops, seed=o.seed,
-                progress=lambda i, n, name: self._emit("phase", f"Encoding {name} ({i}/{n})"),
-            )  # fmt: skip
-
-        train, val = encode(train_items, True), encode(val_items, False)
+        train, val = self._encode(train_items, augment=True), self._encode(val_items, augment=False)
         buckets = train.buckets()
         val_examples, val_text = validation_examples(val, train)
         self._attach()

@@ -91,7 +91,15 @@ def view_outputs(outputs_dir: Path, names: list[str]) -> tuple[str, str, dict]:
     return player_html(view.videos, view.labels), diff_html(view.rows, view.labels), state
 
 
-def build_compare_tab(studio: Studio, refs: EditorRefs) -> None:
+@dataclasses.dataclass
+class CompareHandle:
+    """What another tab needs to show renders here: the components to update and their values."""
+
+    outputs: list[Any]  # choices, player, diff, view, download
+    show: Any  # show(video file names) -> values for ``outputs``
+
+
+def build_compare_tab(studio: Studio, refs: EditorRefs) -> CompareHandle:
     history = History.for_settings(studio.settings)
     outputs_dir = Path(studio.settings.outputs_dir)
     two_experts = studio.spec.experts == 2
@@ -327,3 +335,11 @@ def build_compare_tab(studio: Studio, refs: EditorRefs) -> None:
         )
 
     export_btn.click(export, inputs=[view], outputs=[download, status], **private)
+
+    def show_names(names: list[str]):
+        options = render_choices(history)
+        known = {name for _, name in options}
+        chosen = [n for n in names if n in known][:MAX_CHOSEN]
+        return (gr.CheckboxGroup(choices=options, value=chosen), *_show(chosen))
+
+    return CompareHandle(outputs=[choices, player, diff, view, download], show=show_names)

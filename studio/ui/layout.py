@@ -19,6 +19,7 @@ from studio.ui.hub_panel import build_hub_tab
 from studio.ui.library_view import TABLE_HEADERS, TABLE_TYPES, TABLE_WIDTHS
 from studio.ui.presets_panel import build_presets_panel
 from studio.ui.refs import EditorRefs
+from studio.ui.train_tab import build_train_tab
 from studio.ui.vram_panel import build_vram_panel
 
 CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "studio.css"
@@ -207,7 +208,9 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("History", id="history", elem_id="tab-history"):
                 build_history_tab(studio, refs)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
-                build_compare_tab(studio, refs)
+                compare = build_compare_tab(studio, refs)
+            with gr.Tab("Train", id="train", elem_id="tab-train"):
+                build_train_tab(studio, refs, compare)
 
         # ---------------------------------------------------------------- wiring
         setting_widgets = refs.settings_widgets
