@@ -1,5 +1,5 @@
-"""``python -m bench``: benchmarks 1–6, 8 (the stack doctor) and 9 (the training step) in order, each table, then one
-combined ``key=value`` line.
+"""``python -m bench``: benchmarks 1–6, 8 (the stack doctor), 9 (the training step) and 10 (schedules) in order, each
+table, then one combined ``key=value`` line.
 
 The GPU check (7) runs on its own: ``bench/gpu_check.sh WHEELS_DIR`` (see bench/README.md).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from bench import add_lora, cold_start, common, doctor, fuse, memory, per_step, train, weight_change
+from bench import add_lora, cold_start, common, doctor, fuse, memory, per_step, schedule, train, weight_change
 from bench.context import Context
 from bench.subjects import BLOCK_TRUE
 
@@ -22,6 +22,8 @@ TARGETS = {
     "rss_growth": 0.05,
     "doctor_s": 1.0,
     "train_step_ratio": 1.15,
+    "schedule_step_ratio": 0.01,
+    "partial_fuse_overhead": 0.08,
 }
 MAIN_KEYS = (
     "weight_change_ratio",
@@ -32,6 +34,8 @@ MAIN_KEYS = (
     "rss_growth",
     "doctor_s",
     "train_step_ratio",
+    "schedule_step_ratio",
+    "partial_fuse_overhead",
     "cold_start_s",
     "first_render_s",
 )
@@ -45,7 +49,7 @@ def main() -> None:
     try:
         common.emit(common.machine_line())
         common.emit("")
-        for module in (weight_change, add_lora, fuse, per_step, doctor):
+        for module in (weight_change, add_lora, fuse, per_step, doctor, schedule):
             text, found = module.run(ctx)
             keys.update(found)
             common.emit(text)

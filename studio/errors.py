@@ -30,10 +30,18 @@ class ModelError(StudioError):
 
 
 class RenderCancelled(StudioError):
-    """The user cancelled the render."""
+    """The user cancelled the render; ``steps_done`` of ``total`` denoising steps had run (when known)."""
 
-    def __init__(self, message: str = "The render was cancelled; nothing was written.") -> None:
+    def __init__(
+        self,
+        message: str = "The render was cancelled; nothing was written.",
+        *,
+        steps_done: int | None = None,
+        total: int | None = None,
+    ) -> None:
         super().__init__(message)
+        self.steps_done = steps_done
+        self.total = total
 
 
 class OutOfMemory(StudioError):

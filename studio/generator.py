@@ -37,12 +37,14 @@ from studio.loras.sources import resolve_source
 from studio.media.images import load_start_image
 from studio.service import Studio
 from studio.settings import Settings, parse_dtype
+from studio.stack import schedule as S
 from studio.stack.schema import MAX_WEIGHT, MIN_WEIGHT, RenderSettings, Stack, StackEntry, build, parse_model
 from studio.workflows.presets.formats import GuideLora, preset_from_data
 from studio.workflows.presets.store import PresetStore
 
 SETTINGS = (
     "frames", "steps", "width", "height", "seed", "guidance", "guidance_low", "shift", "fps", "negative_prompt",
+    "high_steps",
 )  # fmt: skip
 EXPERT_WORDS = {"high": "high_noise", "low": "low_noise"}
 
@@ -74,13 +76,32 @@ def _memory(memory: MemoryConfig | str | Mapping | None) -> MemoryConfig:
     raise ValidationError(f"memory must be a mode ({', '.join(MODES)}), a dict or a MemoryConfig.")
 
 
-def _weight(value: Any, what: str = "lora_weight") -> float:
+def _weight(value: Any, what: str = "lora_weight") -> tuple[float, str | None]:
+    """(weight, schedule text or None): a number, or a schedule (``"1>0"``, ``"0.8@0-50%"``, a per-step list)."""
+    if isinstance(value, str | list | tuple):
+        try:
+            schedule = S.parse(value)
+        except S.ScheduleError as exc:
+            raise ValidationError(f"{what}: {exc}.") from None
+        if S.is_constant(schedule):
+            return schedule.value, None
+        return S.peak(schedule), S.text(schedule)
     ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
     if not ok or not MIN_WEIGHT <= value <= MAX_WEIGHT:
         raise ValidationError(
-            f"{what} must be a number between {MIN_WEIGHT:g} and {MAX_WEIGHT:g} (0 = off); got {value!r}."
+            f"{what} must be a number between {MIN_WEIGHT:g} and {MAX_WEIGHT:g} (0 = off); got {value!r}. "
+            "A schedule such as '1>0' or '0.8@0-50%' works too."
         )
-    return float(value)
+    return float(value), None
+
+
+def _scheduled(entry: StackEntry, schedule: str | None, experts) -> StackEntry:
+    """``entry`` with ``schedule`` on each of ``experts`` it has a file for (None: plain weights)."""
+    data = entry.model_dump()
+    for expert in experts:
+        if entry.source(expert) is not None:
+            data[f"schedule_{expert}"] = schedule
+    return parse_model(StackEntry, data, f"LoRA {entry.name!r}")
 
 
 def _name(name: Any) -> str:
@@ -170,6 +191,7 @@ class Generator:
                     {
                         "name": entry.name,
                         "weight": entry.weight(expert),
+                        "schedule": entry.weight_text(expert) if entry.is_scheduled(expert) else None,
                         "source": label,
                         "file": file,
                         "sha256": source.sha256 or hashes.get(file),
@@ -179,16 +201,23 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------ LoRAs
     def load_specialized_lora(
-        self, lora_path: str | Path, adapter_name: str, lora_weight: float = 1.0, applies_to: str = "both"
+        self,
+        lora_path: str | Path,
+        adapter_name: str,
+        lora_weight: float | str | list[float] = 1.0,
+        applies_to: str = "both",
     ) -> None:
         """Load one LoRA onto ``applies_to`` (``"both"``, ``"high_noise"``, ``"low_noise"``; also high/low).
 
         ``lora_path`` is a ``.safetensors`` file or a Hub repo (the file that fits is picked, pinned and
         downloaded; ``both`` takes a high/low pair onto the two experts). A LoRA already loaded under
-        ``adapter_name`` is replaced. Only this LoRA is read; the model is not reloaded.
+        ``adapter_name`` is replaced. Only this LoRA is read; the model is not reloaded. ``lora_weight`` is a
+        number or a schedule over the run's steps (``"1>0"``, ``"1>0 cosine"``, ``"0.8@0-50%"``, ``"1@1-2"``,
+        ``[1, 1, 0.5, 0]``; see :mod:`studio.stack.schedule`), set between steps on the expert that runs each.
         """
         experts = experts_for(applies_to)
-        entry = self._entry(lora_path, _name(adapter_name), _weight(lora_weight), experts)
+        weight, schedule = _weight(lora_weight)
+        entry = _scheduled(self._entry(lora_path, _name(adapter_name), weight, experts), schedule, experts)
         self._apply(self._with([entry]))
 
     def load_multiple_loras(self, configs: Iterable[Mapping[str, Any]] | str | Path) -> None:
@@ -212,7 +241,11 @@ class Generator:
                     item["path"] = str(item["path"])
                 lora = parse_model(GuideLora, item, f"LoRA [{i}]")
                 name = lora.name or _default_name(lora.path)
-                entries.append(self._entry(lora.path, name, lora.weight, experts_for(lora.applies_to)))
+                experts = experts_for(lora.applies_to)
+                schedule = None if lora.schedule is None else S.text(lora.schedule)
+                entries.append(
+                    _scheduled(self._entry(lora.path, name, lora.weight, experts), schedule, experts)
+                )
         names = [e.name for e in entries]
         if len(set(names)) != len(names):
             raise ValidationError(
@@ -224,10 +257,10 @@ class Generator:
         """Remove every LoRA: the model is back to its base weights (the next render is the base render)."""
         self._apply(Stack())
 
-    def set_lora_weight(self, name: str, weight: float, applies_to: str = "both") -> None:
-        """Change a loaded LoRA's weight on ``applies_to``; only scales change (no file is read)."""
+    def set_lora_weight(self, name: str, weight: float | str | list[float], applies_to: str = "both") -> None:
+        """Change a loaded LoRA's weight or schedule on ``applies_to``; only scales change (no file is read)."""
         experts = experts_for(applies_to)
-        weight = _weight(weight, "weight")
+        weight, schedule = _weight(weight, "weight")
         entries = list(self._stack.entries)
         index = next((i for i, e in enumerate(entries) if e.name == name), None)
         if index is None:
@@ -242,6 +275,7 @@ class Generator:
             )
         data = entry.model_dump()
         data.update({f"weight_{e}": weight for e in targets})
+        data.update({f"schedule_{e}": schedule for e in targets})
         entries[index] = parse_model(StackEntry, data, f"LoRA {name!r}")
         self._apply(Stack(entries=entries))
 
@@ -250,8 +284,8 @@ class Generator:
         """Render a video from ``image`` (a path, a PIL image or an array) with the loaded LoRAs.
 
         ``settings`` by name: frames, steps, width, height, seed, guidance, guidance_low, shift, fps,
-        negative_prompt, and ``fuse`` (fold the LoRAs into the weights for the render); the others keep the
-        model's defaults. The MP4, its JSON sidecar and the start image go to ``outputs_dir``.
+        negative_prompt, high_steps (the first K steps on the high-noise expert), and ``fuse`` (fold the
+        LoRAs into the weights for the render); the others keep the model's defaults. The MP4, its JSON sidecar and the start image go to ``outputs_dir``.
         """
         fuse = bool(settings.pop("fuse", False))
         unknown = sorted(set(settings) - set(SETTINGS))

@@ -21,6 +21,7 @@ from studio.doctor.measure import measure_forward
 from studio.doctor.report import DoctorReport
 from studio.engine.manager import CancelToken, PipelineManager, RenderRequest, RenderResult, StepEvent
 from studio.engine.memory import MemoryConfig, effective_mode
+from studio.engine.split import Split
 from studio.engine.zerogpu import gpu_seconds, on_gpu
 from studio.errors import LoraFileError, OutOfMemory, without_server_paths
 from studio.hub.client import HubClient
@@ -36,6 +37,7 @@ from studio.settings import Settings
 from studio.stack.schema import RenderSettings, Stack, StackEntry
 from studio.vram.estimate import estimate as estimate_vram
 from studio.vram.types import Estimate, LoraLoad
+from studio.workflows.presets.lset import RunSteps
 
 
 def _render(manager: PipelineManager, request: RenderRequest, progress, cancel: CancelToken):
@@ -73,6 +75,8 @@ class Studio:
         self.manager = manager or PipelineManager(settings)
         self._tokens: dict[str, CancelToken] = {}
         self._tokens_lock = threading.Lock()
+        self._render_ended = threading.Condition(self._tokens_lock)
+        self._steps_run: dict[str, tuple[int, int]] = {}  # session -> (steps run, total) of its last render
         self.lora_library = LoraLibrary(settings.resolved_lora_dirs(), settings.cache_dir)
         self.hub = HubClient(cache_dir=settings.cache_dir)  # a token typed in the UI is passed per call
         self._items: list[LibraryItem] = []
@@ -385,23 +389,37 @@ class Studio:
         token = CancelToken()
         with self._tokens_lock:
             self._tokens[session] = token
+            self._steps_run[session] = (0, settings.steps)
+
+        def on_step(event: StepEvent) -> None:
+            self._steps_run[session] = (event.step, event.total)
+            if progress is not None:
+                progress(event)
+
         try:
             request = RenderRequest(image=image, settings=settings, stack=stack, fuse=fuse)
-            result = self._render_on_gpu(self.manager, request, progress, token)
+            result = self._render_on_gpu(self.manager, request, on_step, token)
             line = self.doctor_line(settings, stack, memory, fuse=fuse)
             return save_render(request, result, outputs_dir=self.settings.outputs_dir, doctor=line), result
         finally:
             with self._tokens_lock:
                 if self._tokens.get(session) is token:
                     del self._tokens[session]
+                self._render_ended.notify_all()
 
-    def cancel(self, session: str) -> bool:
-        """Cancel the running render of ``session``; False when it has none."""
+    def cancel(self, session: str, *, wait: float = 0.0) -> bool:
+        """Cancel the running render of ``session``; False when it has none.
+
+        With ``wait`` (seconds), return once that render has stopped (it stops between steps),
+        so :meth:`steps_run` says where.
+        """
         with self._tokens_lock:
             token = self._tokens.get(session)
-        if token is None:
-            return False
-        token.cancel()
+            if token is None:
+                return False
+            token.cancel()
+            if wait > 0:
+                self._render_ended.wait_for(lambda: self._tokens.get(session) is not token, timeout=wait)
         return True
 
     # ------------------------------------------------------------- training
@@ -471,6 +489,25 @@ class Studio:
             except ValidationError:
                 continue
         return sorted(runs, key=lambda r: r[1].updated, reverse=True)
+
+    def steps_run(self, session: str) -> tuple[int, int] | None:
+        """(steps run, total) of the session's last or running render, None when it has none."""
+        return self._steps_run.get(session)
+
+    # ------------------------------------------------------------ schedules
+    def split(self, settings: RenderSettings) -> Split:
+        """Which expert runs each step of a render with ``settings`` (real scheduler timesteps, no render)."""
+        return self.manager.split(settings)
+
+    def wan2gp_run(self, steps: int | None = None) -> RunSteps:
+        """The run a Wan2GP ``.lset``'s per-step lists are laid out for: ``steps`` (default: the model's)
+        and the loaded model's expert split for it."""
+        defaults = self.spec.defaults
+
+        def high_steps(count: int, shift: float | None) -> int:
+            return self.split(RenderSettings(steps=count, shift=shift or defaults.shift)).high_count
+
+        return RunSteps(steps or defaults.steps, high_steps)
 
 
 def _compiled_room(loads: list[LoraLoad], rows: int) -> list[LoraLoad]:

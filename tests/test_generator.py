@@ -419,3 +419,29 @@ def test_unload_after_a_fused_render_gives_back_the_base_render(world, generator
     generator.unload_loras()
     again = generator.generate_video("start.png", "a fox", seed=11, **TINY)
     assert np.array_equal(again.frames, base.frames)  # bit for bit, also after fusing
+
+
+def test_weights_take_schedules_and_the_record_holds_each_steps_weight(world, generator):
+    generator.load_specialized_lora("loras/anime_style.safetensors", "anime", "1>0", applies_to="high_noise")
+    generator.load_multiple_loras(
+        [
+            {
+                "path": "loras/my_character.safetensors",
+                "name": "char",
+                "applies_to": "both",
+                "schedule": "0.5@3-4",
+            }
+        ]
+    )
+    assert generator.loras()["high_noise"][0]["schedule"] == "1>0"
+    video = generator.generate_video("start.png", "a cat", **TINY, high_steps=2, seed=5)
+    rows = {(Path(r["file"]).name, r["expert"]): r["weights"] for r in video.record["lora_weights_per_step"]}
+    assert video.record["experts_per_step"] == ["high", "high", "low", "low"]
+    assert rows[("anime_style.safetensors", "high")] == [1.0, pytest.approx(2 / 3), None, None]
+    assert rows[("my_character.safetensors", "low")] == [None, None, 0.5, 0.5]
+    assert ("my_character.safetensors", "high") not in rows  # 0 on both high-noise steps: never loaded there
+    reads = generator.manager.lora_file_reads
+    generator.set_lora_weight("anime", [1, 0.5, 0.25, 0], applies_to="high_noise")
+    assert generator.manager.lora_file_reads == reads
+    with pytest.raises(ValidationError, match=r"^weight: '1>' is not a ramp"):
+        generator.set_lora_weight("anime", "1>")

@@ -1,5 +1,5 @@
 """``python -m studio presets list [--json]``, ``presets show NAME|FILE [--json]``,
-``presets import FILE [--name NAME] [--overwrite]``, ``presets export NAME --out FILE [--format guide]``.
+``presets import FILE [--name NAME] [--overwrite] [--steps N] [--model NAME]``, ``presets export NAME --out FILE [--format guide]``.
 
 Importing the guide's LoRA list resolves its Hub repo paths (``lightx2v/Wan2.2-Distill-Loras``) to the
 pinned file that fits each entry (see :mod:`studio.hub.resolve`); ``--format guide`` exports that list form.
@@ -26,6 +26,30 @@ def _store(args):
     return PresetStore.for_settings(settings, user_dir=getattr(args, "presets_dir", None))
 
 
+def _wan2gp_run(args):
+    """How Wan2GP's per-step lists are laid out: ``--steps`` (default: the model's) and the model's split."""
+    from studio.engine.split import expert_split, folder_scheduler_config
+    from studio.models.registry import default_model_name, pipeline_source, resolve_model
+    from studio.settings import Settings
+    from studio.workflows.presets.lset import RunSteps
+
+    settings = Settings.from_env()
+    spec = resolve_model(args.model or default_model_name(settings))
+
+    def high_steps(count: int, shift: float | None) -> int:
+        config = folder_scheduler_config(pipeline_source(spec, settings))
+        two = spec.experts == 2 and spec.boundary_ratio is not None
+        split = expert_split(
+            config,
+            steps=count,
+            shift=shift or spec.defaults.shift,
+            boundary_ratio=spec.boundary_ratio if two else None,
+        )
+        return split.high_count
+
+    return RunSteps(args.steps or spec.defaults.steps, high_steps)
+
+
 def add_parser(subparsers) -> None:
     """Add the ``presets`` command (list, show, import, export)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -44,8 +68,18 @@ def add_parser(subparsers) -> None:
     show = action("show", "one preset (by name, or a preset file)")
     show.add_argument("preset", help="a preset name or a .json file")
     show.add_argument("--json", action="store_true", help="print the preset file's JSON")
-    imp = action("import", "add a preset file (our schema or the guide's LoRA list)")
-    imp.add_argument("file", help="a preset .json, a LoRA list .json, or a render's .json sidecar")
+    imp = action(
+        "import", "add a preset file (our schema, the guide's LoRA list, a sidecar or a Wan2GP .lset)"
+    )
+    imp.add_argument(
+        "file", help="a preset .json, a LoRA list .json, a render's .json sidecar or a Wan2GP .lset"
+    )
+    imp.add_argument(
+        "--steps", type=int, default=None, help="Wan2GP per-step lists: the step count to lay them out for"
+    )
+    imp.add_argument(
+        "--model", default=None, help="Wan2GP per-phase lists: the model whose expert split they follow"
+    )
     imp.add_argument("--name", default=None, help="the name to give it (default: its own, or the file name)")
     imp.add_argument("--overwrite", action="store_true", help="replace a user preset of the same name")
     exp = action("export", "write a preset to a file")
@@ -107,7 +141,7 @@ def cmd_presets(args) -> int:
             print(f"  settings: {values}")
         return 0
     if action == "import":
-        result = store.import_file(args.file, name=args.name, overwrite=args.overwrite)
+        result = store.import_file(args.file, name=args.name, overwrite=args.overwrite, run=_wan2gp_run(args))
         print(f"imported {result.preset.name!r} ({result.format}) into {store.user_dir}")
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)

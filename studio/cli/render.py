@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from studio.cli.common import parse_lora_arg
+from studio.cli.common import parse_lora_arg, parse_lora_schedules
 from studio.engine.memory import MODES, PRECISIONS, MemoryConfig
 from studio.errors import ValidationError
 
@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
         action="append",
         default=[],
         metavar="REPO_OR_FILE[:HIGH[:LOW]]",
-        help="a LoRA file or Hub repo (owner/name) with its high-noise and low-noise weight "
+        help="a LoRA file or Hub repo (owner/name) with its high-noise and low-noise weight or schedule "
+        "(e.g. style.safetensors:1>0:0.8@0-50%%) "
         "(repeatable; 0 = not on that expert)",
     )
     p.add_argument("--lora-dir", action="append", default=[], help="another LoRA folder (repeatable)")
@@ -44,6 +45,12 @@ def add_parser(sub) -> None:
     p.add_argument("--guidance", type=float, help="guidance of the high-noise expert (CFG on when > 1)")
     p.add_argument("--guidance-low", type=float, help="guidance of the low-noise expert")
     p.add_argument("--shift", type=float)
+    p.add_argument(
+        "--high-steps",
+        type=int,
+        default=None,
+        help="run the first K steps on the high-noise expert (default: the model's boundary)",
+    )
     p.add_argument("--fps", type=int)
     p.add_argument("--fuse", action="store_true", help="fuse the LoRAs into the weights (faster steps)")
     p.add_argument("--mode", choices=MODES, default="auto", help="memory mode (default: auto)")
@@ -79,7 +86,7 @@ def _settings_for(args, spec, preset):
     flags = {
         "prompt": args.prompt, "negative_prompt": args.negative, "width": args.width, "height": args.height,
         "frames": args.frames, "steps": args.steps, "seed": args.seed, "guidance": args.guidance,
-        "guidance_low": args.guidance_low, "shift": args.shift, "fps": args.fps,
+        "guidance_low": args.guidance_low, "shift": args.shift, "fps": args.fps, "high_steps": args.high_steps,
     }  # fmt: skip
     values.update({k: v for k, v in flags.items() if v is not None})
     return build(RenderSettings, "render settings", **values)
@@ -88,15 +95,22 @@ def _settings_for(args, spec, preset):
 def _stack_for(args, preset):
     from studio.errors import LoraFileError
     from studio.hub.resolve import parse_repo_path
+    from studio.stack import schedule as S
     from studio.stack.schema import Stack, StackEntry
 
     entries = list(preset.stack.entries) if preset is not None else []
     for text in args.lora:
-        path, high, low = parse_lora_arg(text)
-        if high == 0 and low == 0:
+        path, high, low = parse_lora_schedules(text)
+        if not S.can_apply(high) and not S.can_apply(low):
             continue
+        weights = {
+            "weight_high": S.peak(high) if S.can_apply(high) else 0.0,
+            "weight_low": S.peak(low) if S.can_apply(low) else 0.0,
+            "schedule_high": None if S.is_constant(high) else S.text(high),
+            "schedule_low": None if S.is_constant(low) else S.text(low),
+        }
         if path.is_file():
-            entries.append(StackEntry.single(path.resolve(), high, low))
+            entries.append(StackEntry.single(path.resolve(), **weights))
             continue
         try:
             repo_path = parse_repo_path(str(path))
@@ -108,7 +122,7 @@ def _stack_for(args, preset):
             )
         name = repo_path.file or repo_path.repo.split("/")[1]
         entries.append(
-            StackEntry.single(str(path), high, low, name=Path(name).stem if repo_path.file else name)
+            StackEntry.single(str(path), **weights, name=Path(name).stem if repo_path.file else name)
         )
     return Stack(entries=entries)
 

@@ -1,4 +1,4 @@
-"""What the manager says when the GPU runs out of memory or a LoRA does not load."""
+"""What the manager says when the GPU runs out of memory or a LoRA does not load (and its quiet libraries)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,17 @@ from pathlib import Path
 
 from studio.errors import LoraFileError, StudioError
 from studio.stack.schema import RenderSettings
+
+
+def quiet_libraries() -> None:
+    """Silence the loading progress bars and chatty warnings of diffusers/transformers."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -61,10 +61,12 @@ class FastLoraLinear(PeftLoraLinear):
             super().unmerge()
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if args or kwargs or self.disable_adapters or (torch.is_grad_enabled() and x.requires_grad):
+        if args or kwargs or self.disable_adapters:
             return super().forward(x, *args, **kwargs)
         lora_a, scaling, merged = self.lora_A, self.scaling, self.merged_adapters
         unfused = [a for a in self.active_adapters if a in lora_a and a not in merged]
+        if torch.is_grad_enabled() and x.requires_grad:  # peft's forward, but not skipping the unfused ones
+            return self._loop_forward(x, unfused) if merged else super().forward(x, *args, **kwargs)
         names = [a for a in unfused if scaling[a] != 0.0]
         if not names and not any(a in self.lora_variant for a in unfused):
             return self.base_layer(x)

@@ -251,13 +251,24 @@ def fusing_pays(fuse_cost: int, forward_cost: int, forwards: int) -> bool:
     return fuse_cost > 0 and forwards * forward_cost > fuse_cost
 
 
-def active_lora_modules(model: nn.Module) -> list[tuple[int, int, int]]:
-    """``(summed rank, in, out)`` of each LoRA layer of ``model`` with active, non-zero-weight adapters."""
+def active_lora_modules(
+    model: nn.Module, adapter_names: Iterable[str] | None = None
+) -> list[tuple[int, int, int]]:
+    """``(summed rank, in, out)`` of each LoRA layer of ``model`` with active, non-zero-weight, unfused
+    adapters (only those of ``adapter_names`` when given: a schedule keeps some unfused beside fused ones)."""
+    only = None if adapter_names is None else set(adapter_names)
     modules = []
     for layer in lora_layers(model):
-        if not isinstance(layer, LoraLayer) or layer.disable_adapters or layer.merged:
+        if not isinstance(layer, LoraLayer) or layer.disable_adapters:
             continue
-        rank = sum(layer.r[a] for a in layer.active_adapters if a in layer.lora_A and layer.scaling.get(a))
+        rank = sum(
+            layer.r[a]
+            for a in layer.active_adapters
+            if a in layer.lora_A
+            and layer.scaling.get(a)
+            and a not in layer.merged_adapters
+            and (only is None or a in only)
+        )
         if rank:
             modules.append((rank, layer.in_features, layer.out_features))
     return modules
@@ -276,8 +287,11 @@ def render_forwards(
     return tokens, forwards
 
 
-def fuse_pays_off(model: nn.Module, tokens: int, steps: int) -> bool:
-    """Whether fusing the active adapters (and unfusing afterwards) beats running them unfused.
+def fuse_pays_off(
+    model: nn.Module, tokens: int, steps: int, adapter_names: Iterable[str] | None = None
+) -> bool:
+    """Whether fusing the active adapters (or those of ``adapter_names``), and unfusing afterwards, beats
+    running them unfused.
 
     Counts matmul FLOPs (:func:`lora_flops`). ``steps`` is the number of forwards this model
     runs before the adapters change (e.g. its share of the denoising steps, twice that with
@@ -285,7 +299,7 @@ def fuse_pays_off(model: nn.Module, tokens: int, steps: int) -> bool:
     tiny demo render it does not. The stack doctor counts the same way from the LoRA files
     (:mod:`studio.doctor.cost`).
     """
-    return fusing_pays(*lora_flops(active_lora_modules(model), tokens), steps)
+    return fusing_pays(*lora_flops(active_lora_modules(model, adapter_names), tokens), steps)
 
 
 def fused_scale_kept(layer: BaseTunerLayer, name: str, weight: float) -> bool:

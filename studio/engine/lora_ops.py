@@ -102,6 +102,7 @@ __all__ = [
     "release_memory",
     "render_forwards",
     "set_adapter_weights",
+    "supports_partial_fuse",
     "unfuse",
 ]
 
@@ -429,3 +430,9 @@ def release_memory() -> None:
             _libc = False
     if _libc:
         _libc.malloc_trim(0)
+
+
+def supports_partial_fuse(model: nn.Module) -> bool:
+    """Whether some adapters can be fused while others keep running unfused: every LoRA layer has the
+    studio's fast forward (peft's own forward runs a layer with a fused adapter as fused only)."""
+    return all(type(layer) is FastLoraLinear for layer in lora_layers(model))

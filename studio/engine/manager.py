@@ -7,7 +7,9 @@ Everything that touches the model goes through here, under one lock:
   as a *diff*: a changed weight only sets adapter scales, a new file is read once and
   loaded only into the expert(s) it applies to, a removed one is deleted, and the base
   model is never reloaded;
-- ``render`` runs a :class:`RenderRequest` with per-step progress and cooperative cancel.
+- ``render`` runs a :class:`RenderRequest` with per-step progress and cooperative cancel; LoRA
+  schedules get each step's weights between steps (:mod:`studio.engine.step_weights`): what stays
+  constant on an expert may be fused, what changes stays unfused.
 
 In compiled mode (``MemoryConfig.compile``, :mod:`studio.engine.compile`) the same diff
 copies factors into fixed-size LoRA room in compiled blocks: no LoRA change recompiles.
@@ -28,7 +30,8 @@ import numpy as np
 
 from studio.engine import lora_ops, lora_slots
 from studio.engine.compile import CompiledMode, NotCompilable, check_compile
-from studio.engine.failures import is_oom, lora_load_error, oom_advice
+from studio.engine.decode import decode_latents
+from studio.engine.failures import is_oom, lora_load_error, oom_advice, quiet_libraries
 from studio.engine.memory import (
     MemoryConfig,
     apply_memory,
@@ -39,7 +42,7 @@ from studio.engine.memory import (
     set_vae_tiling,
 )
 from studio.engine.norms import ModuleNorm, pipeline_norms
-from studio.engine.plan import AdapterPlan, plan_stack
+from studio.engine.plan import AdapterPlan, StepContext, plan_stack
 from studio.engine.requests import (  # the manager's public types, re-exported
     CancelToken,
     LoadedLora,
@@ -50,6 +53,8 @@ from studio.engine.requests import (  # the manager's public types, re-exported
     model_record,
 )
 from studio.engine.sharing import SharedModel
+from studio.engine.split import Split, make_scheduler, pipeline_boundary, split_for
+from studio.engine.step_weights import StepApplier, StepWeights, fuse_pays_off, lora_records
 from studio.engine.turns import ModelLock
 from studio.errors import ModelError, OutOfMemory, RenderCancelled, StudioError, ValidationError
 from studio.loras.match import MatchReport, read_lora
@@ -58,17 +63,6 @@ from studio.settings import Settings
 from studio.stack.schema import RenderSettings, Stack
 
 COMPONENT_OF = {"high": "transformer", "low": "transformer_2"}
-
-
-def quiet_libraries() -> None:
-    """Silence the loading progress bars and chatty warnings of diffusers/transformers."""
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
 
 
 class PipelineManager(SharedModel):
@@ -83,10 +77,11 @@ class PipelineManager(SharedModel):
         self.spec: ModelSpec | None = None
         self._loras: dict[tuple[str, str], LoadedLora] = {}  # (component, adapter) -> loaded
         self._weights: dict[str, dict[str, float]] = {}  # component -> adapter -> active weight
-        self._fused = False
+        self._fused: dict[str, dict[str, float]] = {}  # component -> adapter -> weight it is fused with
         self._shift: float | None = None
         self.memory = memory or MemoryConfig()
         self._transformer_config: dict[str, Any] | None = None
+        self._scheduler_config: dict[str, Any] | None = None
         self.base_norms: dict[str, dict[str, ModuleNorm]] = {}  # component -> ‖W‖² per Linear, at load
         self._compile = CompiledMode()
         self.reports: dict[Path, MatchReport] = {}  # match report of each loaded file
@@ -128,6 +123,7 @@ class PipelineManager(SharedModel):
             self.pipe = self._from_pretrained(spec, source)
             self.spec = spec
             self._transformer_config = dict(self.pipe.transformer.config)
+            self._scheduler_config = dict(self.pipe.scheduler.config)
             self.model_loads += 1
             return spec
 
@@ -174,7 +170,7 @@ class PipelineManager(SharedModel):
             self.base_norms = {}
             self._loras.clear()
             self._weights.clear()
-            self._fused = False
+            self._fused = {}
             self._shift = None
             self._compile.reset()
             self._held = None
@@ -196,6 +192,14 @@ class PipelineManager(SharedModel):
                 config = self._transformer_config
         return dict(config)
 
+    def split(self, settings: RenderSettings) -> Split:
+        """Which expert runs each step of a render with ``settings`` (the real scheduler timesteps; kept from
+        load time, so the UI's timeline does not wait for a running render)."""
+        if self._scheduler_config is None:
+            with self._lock:
+                self._require_model()
+        return split_for(self._scheduler_config, self.spec, settings)
+
     def components(self) -> dict[str, str]:
         """Expert → pipeline component name for the loaded model."""
         assert self.spec is not None
@@ -214,30 +218,42 @@ class PipelineManager(SharedModel):
     def active_weights(self) -> dict[str, dict[str, float]]:
         return {c: dict(w) for c, w in self._weights.items()}
 
-    def apply_stack(self, stack: Stack, *, fuse: bool = False, keep_fused: bool = False) -> AdapterPlan:
+    def apply_stack(
+        self,
+        stack: Stack,
+        *,
+        fuse: bool = False,
+        keep_fused: bool = False,
+        context: StepContext | None = None,
+    ) -> AdapterPlan:
         """Make the loaded adapters and their weights match ``stack`` (a diff, see module doc).
 
-        ``fuse``: fuse the stack into the weights. ``keep_fused``: an unchanged stack that is
-        already fused (e.g. fused automatically) stays fused.
+        ``fuse``: fuse what stays constant (scheduled LoRAs stay unfused); ``keep_fused``: what is fused
+        stays fused while constant; ``context``: the render's expert per step, for schedules (without it
+        a schedule stands at its first step's weight). Unfused weights change by scales only.
         """
         with self._lock:
             self._require_model()
-            plan = self._plan(stack)
+            plan = self._plan(stack, context)
             if self._sync_compiled(plan):  # into or out of compiled mode: every LoRA loads again
-                plan = self._plan(stack)
+                plan = self._plan(stack, context)
             if self._compile.active:  # the LoRAs run in the compiled blocks' room, never fused
                 fuse = keep_fused = False
-            unchanged = (
-                self._held is None
-                and plan.weights == self._weights
-                and not plan.to_load
-                and not plan.to_delete
-                and (fuse == self._fused or (keep_fused and self._fused))
-            )
-            if unchanged:
-                return plan
             if fuse and (refusal := fuse_refusal(self.memory)):
                 raise ValidationError(refusal)
+            constant = self._fusable(plan, context) if fuse or keep_fused else {}
+            if fuse:
+                wanted = constant
+            elif keep_fused and all(
+                constant.get(c, {}).get(a) == w for c, ws in self._fused.items() for a, w in ws.items()
+            ):
+                wanted = {c: dict(ws) for c, ws in self._fused.items()}
+            else:
+                wanted = {}
+            if not plan.to_load and not plan.to_delete and wanted == self._fused:
+                if plan.weights != self._weights or self._held is not None:
+                    self._set_weights(plan.weights)  # scales only; fused adapters keep theirs
+                return plan
             try:
                 with self._oom_guard("loading the LoRAs"):
                     if self._fused:
@@ -245,19 +261,28 @@ class PipelineManager(SharedModel):
                     self._delete(plan.to_delete)
                     self._load(plan)
                     self._set_weights(plan.weights)
-                    if fuse:
-                        self._fuse()
+                    if wanted:
+                        self._fuse(wanted)
             except NotCompilable as exc:  # that file's stacks run uncompiled: load it all again
                 self._compile.refuse(exc, exc.identity.path.name)
-                return self.apply_stack(stack, fuse=fuse, keep_fused=keep_fused)
+                return self.apply_stack(stack, fuse=fuse, keep_fused=keep_fused, context=context)
             return plan
 
-    def _plan(self, stack: Stack) -> AdapterPlan:
+    def _fusable(self, plan: AdapterPlan, context: StepContext | None) -> dict[str, dict[str, float]]:
+        """Active adapters constant on every step of their expert (component → weights): what may fuse."""
+        if context is None:
+            return {c: dict(w) for c, w in plan.weights.items() if w}
+        return StepWeights(context.experts, self.components(), plan.step_weights).fusable(
+            plan.weights, self.pipe
+        )
+
+    def _plan(self, stack: Stack, context: StepContext | None = None) -> AdapterPlan:
         return plan_stack(
             stack,
             roots=self.settings.resolved_lora_dirs(),
             components=self.components(),
             loaded={key: lora.identity for key, lora in self._loras.items()},
+            context=context,
         )
 
     def _sync_compiled(self, plan: AdapterPlan) -> bool:
@@ -377,53 +402,29 @@ class PipelineManager(SharedModel):
         self._weights = {c: dict(w) for c, w in weights.items() if w}
         self._held = None
 
-    def _fuse(self) -> None:
-        for component, weights in self._weights.items():
-            if weights:
-                lora_ops.fuse(getattr(self.pipe, component))  # one matmul per module for the whole stack
-        self._fused = True
+    def _fuse(self, targets: dict[str, dict[str, float]] | None = None) -> None:
+        """Fuse ``targets`` (component → adapters at their current weights); None: the whole active stack."""
+        targets = {c: dict(w) for c, w in (targets or self._weights).items() if w}
+        for component, weights in targets.items():  # one matmul per module for the adapters fused together
+            lora_ops.fuse(getattr(self.pipe, component), adapter_names=list(weights))
+        self._fused = targets
 
     def _unfuse(self) -> None:
-        for component, weights in self._weights.items():
-            if weights:
-                lora_ops.unfuse(getattr(self.pipe, component))
-        self._fused = False
+        for component in self._fused:
+            lora_ops.unfuse(getattr(self.pipe, component))
+        self._fused = {}
 
-    def fuse_pays_off(self, settings: RenderSettings) -> bool:
-        """Whether fusing the active stack beats running it unfused for this render (FLOP count).
-
-        Fusing matches the unfused output to float rounding, is undone exactly (from a backup) and
-        costs a fixed amount per module: it pays off for real renders (32,760 tokens at 480p) only.
-        """
-        if not self._weights or self._compile.active:
+    def fuse_pays_off(self, settings: RenderSettings, targets=None, split: Split | None = None) -> bool:
+        """Whether fusing ``targets`` (component → weights; default: the active stack) beats running it unfused
+        for this render (:func:`studio.engine.step_weights.fuse_pays_off`)."""
+        targets = self._weights if targets is None else targets
+        if not any(targets.values()) or self._compile.active:
             return False
-        tokens, forwards = lora_ops.render_forwards(
-            frames=settings.frames, height=settings.height, width=settings.width, steps=settings.steps,
-            guidance=settings.guidance, experts=len(self.components()),
-        )  # fmt: skip
-        return all(
-            lora_ops.fuse_pays_off(getattr(self.pipe, component), tokens, forwards)
-            for component in self._weights
-        )
+        return fuse_pays_off(self.pipe, self.components(), settings, targets, split or self.split(settings))
 
-    def lora_records(self) -> list[dict[str, Any]]:
-        """What the active adapters are, for sidecars: file, sha256, expert, weight."""
-        expert_of = {c: e for e, c in self.components().items()}
-        records = []
-        for component, weights in self._weights.items():
-            for adapter, weight in weights.items():
-                lora = self._loras[(component, adapter)]
-                records.append(
-                    {
-                        "expert": expert_of[component],
-                        "adapter": adapter,
-                        "file": str(lora.identity.path),
-                        "size": lora.identity.size,
-                        "sha256": lora.sha256,
-                        "weight": weight,
-                    }
-                )
-        return records
+    def lora_records(self, scheduled: dict[str, set[str]] | None = None) -> list[dict[str, Any]]:
+        """What the active adapters are, for sidecars: file, sha256, expert, weight (at the expert's first step)."""
+        return lora_records(self.components(), self._weights, self._loras, self._fused, scheduled or {})
 
     @contextlib.contextmanager
     def holding(self, stack: Stack):
@@ -484,20 +485,29 @@ class PipelineManager(SharedModel):
             raise RenderCancelled()
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        self._set_shift(settings.shift)
+        split = self.split(settings)
+        context = StepContext(split.experts)
         auto = not request.fuse and fuse_refusal(self.memory) is None
-        self.apply_stack(request.stack, fuse=request.fuse, keep_fused=auto)
-        if auto and not self._fused and self.fuse_pays_off(settings):
-            with self._oom_guard("fusing the LoRAs"):
-                self._fuse()
+        plan = self.apply_stack(request.stack, fuse=request.fuse, keep_fused=auto, context=context)
+        if auto and not self._fused and not self._compile.active:
+            constant = self._fusable(plan, context)
+            if constant and self.fuse_pays_off(settings, constant, split):
+                with self._oom_guard("fusing the LoRAs"):
+                    self._fuse(constant)
+        steps_plan = StepWeights(split.experts, self.components(), plan.step_weights)
+        records = self.lora_records(steps_plan.scheduled())
+        fused = {e: sorted(self._fused[c]) for e, c in self.components().items() if self._fused.get(c)}
         timings["apply_stack_s"] = time.perf_counter() - t0
         self._compile.start_render(request.fuse)
         if cancel.cancelled:
             raise RenderCancelled()
-        self._set_shift(settings.shift)
         image = fit_image(request.image, settings.width, settings.height)
         experts: list[str] = []
-        boundary = (spec.boundary_ratio or 0.0) * self.pipe.scheduler.config.num_train_timesteps
-        two_experts = spec.experts == 2 and spec.boundary_ratio is not None
+        boundary = (split.boundary_ratio or 0.0) * self.pipe.scheduler.config.num_train_timesteps
+        two_experts = split.boundary_ratio is not None
+        applier = StepApplier(self.pipe, steps_plan, self._weights)
+        applier.before_step(0)  # step 1's weights are the plan's: this only records them
 
         def on_step(pipe, i, t, kwargs):
             expert = "high" if (not two_experts or float(t) >= boundary) else "low"
@@ -510,29 +520,32 @@ class PipelineManager(SharedModel):
                 progress(StepEvent(i + 1, settings.steps, float(t), expert, latents))
             if cancel.cancelled:
                 pipe._interrupt = True
+            elif i + 1 < settings.steps:
+                applier.before_step(i + 1)  # the next step's weights, on the expert that runs it
             return {}
 
         generator = torch.Generator(device="cpu").manual_seed(settings.seed)
         t1 = time.perf_counter()
-        out = self.pipe(
-            image=image,
-            prompt=settings.prompt,
-            negative_prompt=settings.negative_prompt or None,
-            height=settings.height,
-            width=settings.width,
-            num_frames=settings.frames,
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance,
-            guidance_scale_2=settings.effective_guidance_low if two_experts else None,
-            generator=generator,
-            output_type="latent",
-            callback_on_step_end=on_step,
-            return_dict=True,
-        )
+        with pipeline_boundary(self.pipe, split.boundary_ratio):  # a set number of high-noise steps
+            out = self.pipe(
+                image=image,
+                prompt=settings.prompt,
+                negative_prompt=settings.negative_prompt or None,
+                height=settings.height,
+                width=settings.width,
+                num_frames=settings.frames,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                guidance_scale_2=settings.effective_guidance_low if two_experts else None,
+                generator=generator,
+                output_type="latent",
+                callback_on_step_end=on_step,
+                return_dict=True,
+            )
         timings["denoise_s"] = time.perf_counter() - t1
         self._compile.end_denoise()
         if cancel.cancelled:
-            raise RenderCancelled()
+            raise RenderCancelled(steps_done=len(experts), total=settings.steps)
         latents = out.frames
         frames = None
         if request.decode:
@@ -545,37 +558,26 @@ class PipelineManager(SharedModel):
             latents=latents.detach().float().cpu(),
             frames=frames,
             experts_per_step=experts,
-            loras=self.lora_records(),
+            loras=records,
             timings=timings,
             model=model_record(spec, self.load_dtype(spec), compiled=self._compile.active),
             notices=list(self._compile.notices),
+            lora_weights_per_step=applier.record(
+                {c: e for e, c in self.components().items()},
+                {key: str(lora.identity.path) for key, lora in self._loras.items()},
+            ),
+            fused=fused,
         )
 
     def decode(self, latents) -> np.ndarray:
         """Latents → uint8 frames [F, H, W, 3], exactly as the pipeline would decode them."""
-        import torch
-        from diffusers.utils.torch_utils import get_module_execution_device
-
-        vae = self.pipe.vae
         self._fault("decode")
-        with torch.no_grad():
-            latents = latents.to(device=get_module_execution_device(vae), dtype=vae.dtype)
-            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1)
-            std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1)
-            latents = latents * std.to(latents) + mean.to(latents)
-            video = vae.decode(latents, return_dict=False)[0]
-            frames = self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
-        self.pipe.maybe_free_model_hooks()
-        return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        return decode_latents(self.pipe, latents)
 
     def _set_shift(self, shift: float) -> None:
         if self._shift == shift:
             return
-        from diffusers import UniPCMultistepScheduler
-
-        config = dict(self.pipe.scheduler.config)
-        config["flow_shift"] = shift
-        self.pipe.scheduler = UniPCMultistepScheduler.from_config(config)
+        self.pipe.scheduler = make_scheduler(self.pipe.scheduler.config, shift)
         self._shift = shift
 
     def _check_settings(self, settings: RenderSettings) -> None:

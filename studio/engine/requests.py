@@ -66,6 +66,8 @@ class RenderResult:
     timings: dict[str, float]
     model: dict[str, Any]
     notices: list[str] = field(default_factory=list)  # sentences for the user (compiled mode fallbacks, ...)
+    lora_weights_per_step: list[dict[str, Any]] = field(default_factory=list)  # per LoRA and expert
+    fused: dict[str, list[str]] = field(default_factory=dict)  # expert -> adapters fused for the render
 
 
 ProgressFn = Callable[[StepEvent], None]

@@ -60,6 +60,9 @@ def render_record(
         "loras": result.loras,
         "start_image": {"file": start_image_file, "sha256": image_sha256(request.image)},
         "experts_per_step": result.experts_per_step,
+        # per LoRA and expert: the weight in force at each step (None where the other expert ran)
+        "lora_weights_per_step": result.lora_weights_per_step,
+        "fused_loras": result.fused,  # expert -> adapters fused for the render (what stays constant)
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "notices": list(result.notices),
         "versions": library_versions(),

@@ -4,7 +4,10 @@ A *stack* is an ordered list of entries. Each entry names the LoRA file it puts 
 each expert of Wan2.2 A14B (``high`` = the high-noise expert ``transformer``,
 ``low`` = the low-noise expert ``transformer_2``): the same file on both, one file
 per expert (a *pair*), or a file on one expert only. Each expert has its own
-weight; a weight of 0 means the LoRA is not applied to that expert.
+weight; a weight of 0 means the LoRA is not applied to that expert. An expert may
+have a *schedule* instead (``schedule_high`` / ``schedule_low``, e.g. ``"1>0"`` or
+``"0.8@0-50%"``, see :mod:`studio.stack.schedule`): then it gives the weight at each
+step of the run and the plain weight is only the slider's value.
 
 The order matters to the user (it is how they think about the stack) but not to
 the maths: LoRA deltas add up.
@@ -26,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic import ValidationError as PydanticValidationError
 
 from studio.errors import ValidationError
+from studio.stack import schedule as sched
+from studio.stack.schedule import SCHEDULE_TYPES, Schedule, ScheduleError, ScheduleModel
 
 STACK_SCHEMA_VERSION = 1
 SETTINGS_SCHEMA_VERSION = 1
@@ -40,6 +45,7 @@ MAX_SEED = 2**32 - 1
 
 Expert = Literal["high", "low"]
 EXPERTS: tuple[Expert, Expert] = ("high", "low")
+EXPERT_NAMES = {"high": "high-noise", "low": "low-noise"}
 
 
 class StrictModel(BaseModel):
@@ -86,6 +92,24 @@ class LoraSource(StrictModel):
         return cls(path=str(path))
 
 
+def read_schedules(data: Any) -> Any:
+    """Parse an entry's ``schedule_high``/``schedule_low`` (a model's before-validator), so an error names the
+    entry and the expert: ``the high-noise schedule of LoRA 'style': '1>' is not a ramp ...``."""
+    if not isinstance(data, dict):
+        return data
+    for expert in EXPERTS:
+        key = f"schedule_{expert}"
+        value = data.get(key)
+        if value is None or isinstance(value, SCHEDULE_TYPES):
+            continue
+        try:
+            data = {**data, key: sched.parse(value)}
+        except ScheduleError as exc:
+            name = data.get("name") or "this LoRA"
+            raise ValueError(f"the {EXPERT_NAMES[expert]} schedule of LoRA {name!r}: {exc}") from None
+    return data
+
+
 def _new_entry_id() -> str:
     return secrets.token_hex(4)
 
@@ -99,7 +123,14 @@ class StackEntry(StrictModel):
     low: LoraSource | None = None
     weight_high: float = 1.0
     weight_low: float = 1.0
+    schedule_high: Schedule | None = None  # the weight per step, instead of weight_high
+    schedule_low: Schedule | None = None
     enabled: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_schedules(cls, data: Any) -> Any:
+        return read_schedules(data)
 
     @field_validator("weight_high", "weight_low")
     @classmethod
@@ -120,6 +151,30 @@ class StackEntry(StrictModel):
     def weight(self, expert: Expert) -> float:
         return self.weight_high if expert == "high" else self.weight_low
 
+    def schedule(self, expert: Expert) -> ScheduleModel:
+        """The expert's schedule: the one given, or its plain weight as a constant."""
+        given = self.schedule_high if expert == "high" else self.schedule_low
+        return given if given is not None else sched.Constant(value=self.weight(expert))
+
+    def is_scheduled(self, expert: Expert) -> bool:
+        return not sched.is_constant(self.schedule(expert))
+
+    def first_weight(self, expert: Expert) -> float:
+        return sched.first_weight(self.schedule(expert))
+
+    def step_weights(self, expert: Expert, steps: int) -> tuple[float, ...]:
+        """The weight at each of the run's ``steps`` steps; a sentence naming the entry and expert if it does not fit."""
+        try:
+            return sched.weights(self.schedule(expert), steps)
+        except ScheduleError as exc:
+            raise ValidationError(
+                f"The {EXPERT_NAMES[expert]} schedule of LoRA {self.name!r}: {exc}."
+            ) from None
+
+    def weight_text(self, expert: Expert) -> str:
+        """The expert's weight or schedule as text (``0.8``, ``1>0``)."""
+        return sched.text(self.schedule(expert))
+
     @property
     def is_pair(self) -> bool:
         return self.high is not None and self.low is not None and self.high != self.low
@@ -128,7 +183,7 @@ class StackEntry(StrictModel):
         """The experts this entry changes: a source there and a non-zero weight."""
         if not self.enabled:
             return []
-        return [e for e in EXPERTS if self.source(e) is not None and self.weight(e) != 0.0]
+        return [e for e in EXPERTS if self.source(e) is not None and sched.can_apply(self.schedule(e))]
 
     @classmethod
     def single(cls, path: str | Path, weight_high: float = 1.0, weight_low: float | None = None, **kw: Any):
@@ -205,7 +260,7 @@ class Stack(StrictModel):
     def summary(self) -> str:
         parts = []
         for e in self.active():
-            parts.append(f"{e.name} ({e.weight_high:g}/{e.weight_low:g})")
+            parts.append(f"{e.name} ({e.weight_text('high')}/{e.weight_text('low')})")
         return ", ".join(parts) if parts else "no LoRAs"
 
     def to_json(self) -> str:
@@ -231,6 +286,7 @@ class RenderSettings(StrictModel):
     shift: float = 5.0
     seed: int | None = None
     fps: int = Field(default=16, ge=1, le=120)
+    high_steps: int | None = None  # the first K steps on the high-noise expert (None: the model's boundary)
 
     @field_validator("width", "height")
     @classmethod
@@ -276,6 +332,14 @@ class RenderSettings(StrictModel):
         if value is not None and not (0 <= value <= MAX_SEED):
             raise ValueError(f"seed must be between 0 and {MAX_SEED} (got {value})")
         return value
+
+    @model_validator(mode="after")
+    def _high_steps(self) -> RenderSettings:
+        if self.high_steps is not None and not (0 <= self.high_steps <= self.steps):
+            raise ValueError(
+                f"high-noise steps must be between 0 and the step count {self.steps} (got {self.high_steps})"
+            )
+        return self
 
     def with_seed(self) -> RenderSettings:
         """A copy with a concrete seed, drawn at random if none was given."""

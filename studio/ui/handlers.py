@@ -20,6 +20,7 @@ from studio.media.images import load_start_image
 from studio.service import Studio
 from studio.stack.schema import RenderSettings, Stack, build
 from studio.ui.library_view import choice_label, details_html, filter_rows, table_row, trigger_words
+from studio.ui.timeline import RunMark, figure, plot_value, series_for
 from studio.vram.nvml import card_bytes
 
 SLIDER_MIN, SLIDER_MAX = -2.0, 4.0
@@ -50,9 +51,10 @@ def error(studio: Studio, exc: BaseException | str, kind: str = "error") -> str:
 
 
 def settings_from_widgets(
-    prompt, negative, width, height, frames, steps, guidance, guidance_low, shift, seed, fps
+    prompt, negative, width, height, frames, steps, guidance, guidance_low, shift, seed, fps, high_steps=None
 ) -> RenderSettings:
     seed_value = None if seed is None or int(seed) < 0 else int(seed)
+    high = None if high_steps is None or high_steps == "" or int(high_steps) < 0 else int(high_steps)
     return build(
         RenderSettings,
         "render settings",
@@ -67,6 +69,7 @@ def settings_from_widgets(
         shift=float(shift),
         seed=seed_value,
         fps=int(fps),
+        high_steps=high,
     )
 
 
@@ -241,6 +244,8 @@ def render_guard(
 def render_from_widgets(
     studio: Studio, request: gr.Request, state, image, fuse, memory: MemoryChoice, *values, progress
 ):
+    """(video, status, timeline): after a render the timeline marks the steps that ran."""
+    stack = settings = None
     try:
         settings = settings_from_widgets(*values)
         stack = to_stack(state)
@@ -248,11 +253,17 @@ def render_from_widgets(
         video, message, _ = render(
             studio, _session(request), image, settings, stack, fuse, progress, memory=memory.config()
         )
-        return video, message
+        plot, _ = timeline(studio, stack, settings, RunMark(settings.steps, settings.steps))
+        return video, message, plot if plot is not None else gr.skip()
     except RenderCancelled as exc:
-        return gr.skip(), error(studio, exc, "info")
+        plot = gr.skip()
+        if exc.steps_done is not None and stack is not None and settings is not None:
+            plot, _ = timeline(
+                studio, stack, settings, RunMark(exc.steps_done, settings.steps, cancelled=True)
+            )
+        return gr.skip(), error(studio, exc, "info"), plot
     except StudioError as exc:
-        return gr.skip(), error(studio, exc)
+        return gr.skip(), error(studio, exc), gr.skip()
 
 
 def render_api(studio: Studio, request, image, prompt: str, settings_json: str, stack_json: str, progress):
@@ -274,11 +285,70 @@ def render_api(studio: Studio, request, image, prompt: str, settings_json: str, 
         raise gr.Error(studio.public_message(str(exc))) from None
 
 
+CANCEL_WAIT_S = 60.0  # the render stops after the step in flight; the timeline then shows where
+
+
 def cancel(studio: Studio, request: gr.Request):
     if studio.cancel(_session(request)):
         return status("Render cancelled; nothing was written.", "info")
     return status("No render of yours is running.", "info")
 
 
+def cancel_and_mark(studio: Studio, request: gr.Request, state, steps, shift, high_steps):
+    """(status, timeline): cancel this session's render, wait for it to stop, mark the step it stopped after."""
+    session = _session(request)
+    if not studio.cancel(session, wait=CANCEL_WAIT_S):
+        return status("No render of yours is running.", "info"), gr.skip()
+    ran = studio.steps_run(session) or (0, 0)
+    message = status(f"Render cancelled after step {ran[0]} of {ran[1]}; nothing was written.", "info")
+    try:
+        settings = settings_for_timeline(steps, shift, high_steps)
+        done = ran[0] if ran[1] == settings.steps else 0
+        plot, _ = timeline(studio, to_stack(state), settings, RunMark(done, settings.steps, cancelled=True))
+    except StudioError:
+        plot = None
+    return message, plot if plot is not None else gr.skip()
+
+
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "anonymous"
+
+
+# ---------------------------------------------------------------------- timeline
+def timeline(
+    studio: Studio, stack: Stack, settings: RenderSettings, mark: RunMark | None = None
+) -> tuple[Any, str]:
+    """The plot value and a status line (schedule errors, or the split in words)."""
+    try:
+        split = studio.split(settings)
+    except StudioError as exc:
+        return None, status(str(exc), "error")
+    two = split.boundary_ratio is not None
+    series, errors = series_for(stack, split.steps, two)
+    title = split.label() + (" (set by high-noise steps)" if split.high_steps is not None else "")
+    value = plot_value(figure(split.experts, series, two_experts=two, mark=mark, title=title))
+    if errors:
+        return value, status(" ".join(errors), "error")
+    return value, ""
+
+
+def settings_for_timeline(steps, shift, high_steps) -> RenderSettings:
+    """The settings the split depends on, read from their widgets (a sentence if one is invalid)."""
+    return build(
+        RenderSettings,
+        "render settings",
+        steps=int(steps) if steps is not None else 0,
+        shift=float(shift) if shift is not None else 0.0,
+        high_steps=None if high_steps is None or high_steps == "" or int(high_steps) < 0 else int(high_steps),
+    )
+
+
+def update_timeline(studio: Studio, state, steps, shift, high_steps, mark: RunMark | None = None):
+    """(plot, status) for the editor's current stack and settings; the plot is kept on an error."""
+    try:
+        value, message = timeline(
+            studio, to_stack(state), settings_for_timeline(steps, shift, high_steps), mark
+        )
+    except StudioError as exc:
+        return gr.skip(), status(str(exc), "error")
+    return (value if value is not None else gr.skip()), message

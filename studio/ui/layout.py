@@ -11,6 +11,8 @@ import gradio as gr
 from studio.errors import StudioError
 from studio.service import Studio
 from studio.ui import handlers as h
+from studio.ui import schedule_editor
+from studio.ui import timeline_panel as timeline_view
 from studio.ui.api import register_api
 from studio.ui.compare_tab import build_compare_tab
 from studio.ui.doctor_panel import badge_slot, doctor_widgets, wire_doctor_panel
@@ -114,6 +116,13 @@ def build_app(studio: Studio) -> gr.Blocks:
                                     elem_id="guidance-low",
                                 )
                                 shift = gr.Number(d.shift, label="Shift", step=0.5, elem_id="shift")
+                            high_steps = gr.Number(
+                                -1,
+                                label="High-noise steps (-1 = where the model's boundary puts the switch)",
+                                precision=0,
+                                minimum=-1,
+                                elem_id="high-steps",
+                            )
                             fuse = gr.Checkbox(
                                 False, label="Fuse LoRAs into the weights (faster steps)", elem_id="fuse"
                             )
@@ -152,6 +161,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                                     stack_state,
                                     stack_version,
                                     stack_status,
+                                    steps,
                                 )
 
                         doctor = doctor_widgets()
@@ -174,7 +184,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                             height=height, frames=frames, steps=steps, guidance=guidance, guidance_low=guidance_low,
                             shift=shift, seed=seed, fps=fps, fuse=fuse, stack_state=stack_state,
                             stack_version=stack_version, stack_status=stack_status, render_status=render_status,
-                            video=video, library=library,
+                            video=video, library=library, high_steps=high_steps,
                         )  # fmt: skip
                         mode, precision, tiling, compiled, card = build_vram_panel(studio, refs, model_choice)
                         wire_doctor_panel(studio, refs, doctor, mode, precision, gpu_queue=GPU_QUEUE)
@@ -182,6 +192,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                             False, label="Render even if it won't fit", elem_id="force-render"
                         )
 
+                timeline_plot, timeline_note = timeline_view.components()
                 with gr.Accordion("LoRA library", open=True, elem_id="library-browser"):
                     with gr.Row(equal_height=True):
                         library_filter = gr.Textbox(
@@ -218,10 +229,10 @@ def build_app(studio: Studio) -> gr.Blocks:
         def render_ui(
             state, image_value, fuse_value, mode_v, precision_v, tiling_v, compiled_v, card_v, force_v, prompt_v, negative_v,
             width_v, height_v, frames_v, steps_v, guidance_v, guidance_low_v, shift_v, seed_v, fps_v,
-            request: gr.Request, progress=gr.Progress(),
+            high_steps_v, request: gr.Request, progress=gr.Progress(),
         ):  # fmt: skip
             values = (prompt_v, negative_v, width_v, height_v, frames_v, steps_v, guidance_v, guidance_low_v,
-                      shift_v, seed_v, fps_v)  # fmt: skip
+                      shift_v, seed_v, fps_v, high_steps_v)  # fmt: skip
             memory = h.MemoryChoice(mode_v, precision_v, tiling_v, card_v, force_v, compiled_v)
             return h.render_from_widgets(
                 studio, request, state, image_value, fuse_value, memory, *values, progress=progress
@@ -241,18 +252,19 @@ def build_app(studio: Studio) -> gr.Blocks:
                 force,
                 *setting_widgets,
             ],
-            outputs=[video, render_status],
+            outputs=[video, render_status, timeline_plot],
             concurrency_id=GPU_QUEUE,
             concurrency_limit=1,
             api_visibility="private",
         )
 
-        def cancel_ui(request: gr.Request):
-            return h.cancel(studio, request)
+        def cancel_ui(state, steps_v, shift_v, high_steps_v, request: gr.Request):
+            return h.cancel_and_mark(studio, request, state, steps_v, shift_v, high_steps_v)
 
         cancel_btn.click(
             cancel_ui,
-            outputs=[render_status],
+            inputs=[stack_state, steps, shift, high_steps],
+            outputs=[render_status, timeline_plot],
             cancels=[render_event],
             api_visibility="private",
             queue=False,
@@ -350,6 +362,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         download_btn.click(download, inputs=[model_choice], outputs=[model_status], api_visibility="private")
 
+        timeline_view.wire(studio, refs, timeline_plot, timeline_note)
         register_api(studio, concurrency_id=GPU_QUEUE)
     return app
 
@@ -360,8 +373,9 @@ def _is_hub_model(name: str) -> bool:
     return name in REGISTRY and REGISTRY[name].repo_id is not None
 
 
-def _draw_entry(entry, position, count, two_experts, stack_state, stack_version, stack_status):
-    """One stack row: enable, name, a weight slider per expert, move up/down, remove, the doctor's badges."""
+def _draw_entry(entry, position, count, two_experts, stack_state, stack_version, stack_status, steps):
+    """One stack row: enable, name, a weight slider and a schedule editor per expert, move up/down, remove,
+    the doctor's badges."""
     with gr.Group(elem_classes=["stack-entry"], elem_id=f"entry-{entry.id}"):
         with gr.Row():
             enabled = gr.Checkbox(
@@ -378,17 +392,24 @@ def _draw_entry(entry, position, count, two_experts, stack_state, stack_version,
         if entry.low is not None and two_experts:
             sources.append(("low", entry.low.label()))
         with gr.Row():
-            high = gr.Slider(
-                h.SLIDER_MIN, h.SLIDER_MAX, value=entry.weight_high, step=0.05,
-                label="High-noise weight" if two_experts else "Weight",
-                elem_id=f"high-{entry.id}", interactive=entry.high is not None,
-            )  # fmt: skip
-            low = None
-            if two_experts:
-                low = gr.Slider(
-                    h.SLIDER_MIN, h.SLIDER_MAX, value=entry.weight_low, step=0.05, label="Low-noise weight",
-                    elem_id=f"low-{entry.id}", interactive=entry.low is not None,
+            with gr.Column(min_width=160):
+                high = gr.Slider(
+                    h.SLIDER_MIN, h.SLIDER_MAX, value=entry.weight_high, step=0.05,
+                    label="High-noise weight" if two_experts else "Weight",
+                    elem_id=f"high-{entry.id}", interactive=entry.high is not None,
                 )  # fmt: skip
+                schedule_editor.draw(
+                    entry, "high", high, stack_state, stack_status, steps, entry.high is not None
+                )
+            if two_experts:
+                with gr.Column(min_width=160):
+                    low = gr.Slider(
+                        h.SLIDER_MIN, h.SLIDER_MAX, value=entry.weight_low, step=0.05, label="Low-noise weight",
+                        elem_id=f"low-{entry.id}", interactive=entry.low is not None,
+                    )  # fmt: skip
+                    schedule_editor.draw(
+                        entry, "low", low, stack_state, stack_status, steps, entry.low is not None
+                    )
         files = " · ".join(f"{e}: {html.escape(Path(s).name)}" for e, s in sources)
         gr.HTML(f"<div class='entry-files'>{files}</div>")
         gr.HTML(badge_slot(entry.id))  # filled in the page from the Doctor panel's latest findings
@@ -398,15 +419,6 @@ def _draw_entry(entry, position, count, two_experts, stack_state, stack_version,
         lambda s, v: h.edit_entry(s, entry.id, enabled=bool(v)),
         inputs=[stack_state, enabled], outputs=[stack_state, stack_status], **private,
     )  # fmt: skip
-    high.input(
-        lambda s, v: h.edit_entry(s, entry.id, weight_high=float(v)),
-        inputs=[stack_state, high], outputs=[stack_state, stack_status], **private,
-    )  # fmt: skip
-    if low is not None:
-        low.input(
-            lambda s, v: h.edit_entry(s, entry.id, weight_low=float(v)),
-            inputs=[stack_state, low], outputs=[stack_state, stack_status], **private,
-        )  # fmt: skip
     for button, action in ((up, -1), (down, 1)):
         button.click(
             lambda s, v, delta=action: (h.move_entry(s, entry.id, delta), v + 1),

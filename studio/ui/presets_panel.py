@@ -99,7 +99,7 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
             save_btn = gr.Button("Save stack as preset", elem_id="save-preset")
             rename_btn = gr.Button("Rename selected", elem_id="rename-preset")
         with gr.Row():
-            import_btn = gr.UploadButton("Import…", file_types=[".json"], elem_id="import-preset")
+            import_btn = gr.UploadButton("Import…", file_types=[".json", ".lset"], elem_id="import-preset")
             export_btn = gr.DownloadButton("Export selected", elem_id="export-preset", interactive=False)
         presets_status = gr.HTML("", elem_id="presets-status")
 
@@ -232,12 +232,13 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
         lambda s: run(delete, s), inputs=[preset_choice], outputs=[preset_choice, presets_status], **PRIVATE
     )
 
-    def import_preset(file, replace):
+    def import_preset(file, replace, steps):
         if file is None:
-            return gr.skip(), h.status("Choose a .json preset file to import.", "error")
+            return gr.skip(), h.status("Choose a .json preset or a Wan2GP .lset file to import.", "error")
         try:
             store.hub = studio.hub_context()  # a guide list's Hub repos are picked for the loaded model
-            result = store.import_file(getattr(file, "name", file), overwrite=bool(replace))
+            run_steps = studio.wan2gp_run(int(steps) if steps else None)  # Wan2GP lists: the editor's steps
+            result = store.import_file(getattr(file, "name", file), overwrite=bool(replace), run=run_steps)
         except PresetExists as exc:
             return gr.skip(), h.status(
                 f"{exc} Tick “Replace a preset with this name” to overwrite it.", "warning"
@@ -250,7 +251,10 @@ def build_presets_panel(studio: Studio, refs: EditorRefs) -> None:
         )
 
     import_btn.upload(
-        import_preset, inputs=[import_btn, overwrite], outputs=[preset_choice, presets_status], **PRIVATE
+        import_preset,
+        inputs=[import_btn, overwrite, refs.steps],
+        outputs=[preset_choice, presets_status],
+        **PRIVATE,
     )
 
     def export(selected):

@@ -31,16 +31,18 @@ class EditorRefs:
     render_status: gr.HTML
     video: gr.Video
     library: gr.Dropdown  # value: the selected library item id
+    high_steps: gr.Number  # the first K steps on the high-noise expert; -1: the model's boundary
 
     @property
     def settings_widgets(self) -> list[Any]:
         """In the order of :func:`studio.ui.handlers.settings_from_widgets`."""
         return [self.prompt, self.negative, self.width, self.height, self.frames, self.steps, self.guidance,
-                self.guidance_low, self.shift, self.seed, self.fps]  # fmt: skip
+                self.guidance_low, self.shift, self.seed, self.fps, self.high_steps]  # fmt: skip
 
     def settings_values(self, settings) -> list[Any]:
         """Widget values (same order as :attr:`settings_widgets`) for a RenderSettings."""
         low = settings.guidance if settings.guidance_low is None else settings.guidance_low
         seed = -1 if settings.seed is None else settings.seed
         return [settings.prompt, settings.negative_prompt, settings.width, settings.height, settings.frames,
-                settings.steps, settings.guidance, low, settings.shift, seed, settings.fps]  # fmt: skip
+                settings.steps, settings.guidance, low, settings.shift, seed, settings.fps,
+                -1 if settings.high_steps is None else settings.high_steps]  # fmt: skip

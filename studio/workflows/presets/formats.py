@@ -6,6 +6,8 @@ A guide path that is not a file on this machine and looks like a Hub repo (``own
 ``applies_to`` (and its ``name``) is picked and pinned to the commit and the file's sha256, without downloading
 it (the preset then offers to download exactly the missing files). Offline, with the repo not in the cache,
 the path is kept as written (a note says so) and resolved when the preset is rendered.
+
+A Wan2GP ``.lset`` / settings file becomes a preset with the same weight per step (:mod:`studio.workflows.presets.lset`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from studio.errors import LoraFileError, ValidationError
 from studio.hub.common import HubError
 from studio.hub.resolve import HubContext, HubUnavailable, choose, local_file, parse_repo_path
 from studio.loras.sources import inside_roots
+from studio.stack import schedule as S
+from studio.stack.schedule import Schedule
 from studio.stack.schema import (
     RenderSettings,
     Stack,
     StrictModel,
     parse_model,
 )
+from studio.workflows.presets.lset import RunSteps, is_lset, lset_entries
 from studio.workflows.presets.paths import _relative_to_roots, relative_source
 from studio.workflows.presets.schema import (
     GUIDE_EXPERTS,
@@ -42,12 +47,14 @@ from studio.workflows.presets.schema import (
 
 
 class GuideLora(StrictModel):
-    """One item of the guide's list form: ``{"path", "name", "weight", "applies_to"}``."""
+    """One item of the guide's list form: ``{"path", "name", "weight", "applies_to"}`` and an optional
+    ``schedule`` (e.g. ``"1>0"``, see :mod:`studio.stack.schedule`) for the experts it applies to."""
 
     path: str = Field(min_length=1, max_length=4096)
     name: str | None = Field(default=None, max_length=200)
     weight: float = 1.0
     applies_to: Literal["high_noise", "low_noise", "both", "high", "low"] = "both"
+    schedule: Schedule | None = None
 
     @field_validator("weight")
     @classmethod
@@ -58,7 +65,7 @@ class GuideLora(StrictModel):
 @dataclass(frozen=True)
 class ImportResult:
     preset: Preset
-    format: Literal["preset", "guide-list", "render-record"]
+    format: Literal["preset", "guide-list", "render-record", "wan2gp"]
     notes: list[str] = field(default_factory=list)
 
 
@@ -143,6 +150,8 @@ def _from_guide_list(
             "weight_low": lora.weight if "low" in experts else 0.0,
             **sources,
         }
+        if lora.schedule is not None:
+            entry.update({f"schedule_{expert}": item["schedule"] for expert in experts})
         entries.append(entry)
     data = {"name": name, "description": "Imported from a LoRA list.", "entries": entries}
     return ImportResult(parse_preset(data, roots=roots, what="imported LoRA list"), "guide-list", notes)
@@ -154,7 +163,7 @@ def _guide_path_of(source) -> str:
 
 
 def to_guide_list(preset: Preset) -> tuple[list[dict[str, Any]], list[str]]:
-    """The preset in the guide's list form (``path``, ``name``, ``weight``, ``applies_to``) and notes.
+    """The preset in the guide's list form (``path``, ``name``, ``weight``, ``applies_to``, ``schedule``) and notes.
 
     One file on both experts at one weight is one item (``both``); a pair, or one file at two weights, is
     an item per expert (``high_noise``, ``low_noise``). Slots, entries switched off and weights of 0 have
@@ -169,24 +178,25 @@ def to_guide_list(preset: Preset) -> tuple[list[dict[str, Any]], list[str]]:
             notes.append(f"{entry.name} is {why}, so the list leaves it out.")
             continue
         parts = [
-            (expert, source, weight)
-            for expert, source, weight in (
-                ("high_noise", entry.high, entry.weight_high),
-                ("low_noise", entry.low, entry.weight_low),
+            (expert, source, weight, schedule)
+            for expert, source, weight, schedule in (
+                ("high_noise", entry.high, entry.weight_high, entry.schedule_high),
+                ("low_noise", entry.low, entry.weight_low, entry.schedule_low),
             )
-            if source is not None and weight != 0
+            if source is not None and (weight != 0 if schedule is None else S.can_apply(schedule))
         ]
-        if len(parts) == 2 and parts[0][1] == parts[1][1] and parts[0][2] == parts[1][2]:
-            parts = [("both", parts[0][1], parts[0][2])]
-        for applies_to, source, weight in parts:
-            items.append(
-                {
-                    "path": _guide_path_of(source),
-                    "name": entry.name,
-                    "weight": weight,
-                    "applies_to": applies_to,
-                }
-            )
+        if len(parts) == 2 and parts[0][1:] == parts[1][1:]:
+            parts = [("both", *parts[0][1:])]
+        for applies_to, source, weight, schedule in parts:
+            item = {
+                "path": _guide_path_of(source),
+                "name": entry.name,
+                "weight": weight,
+                "applies_to": applies_to,
+            }
+            if schedule is not None:
+                item["schedule"] = S.text(schedule)
+            items.append(item)
     if any(s is not None and s.revision for e in preset.entries for s in (e.high, e.low)):
         notes.append(
             "The list form has no place for a commit: its Hub files import at the repo's current commit."
@@ -222,11 +232,35 @@ def _from_record(record: dict[str, Any], *, roots: Sequence[Path], name: str) ->
         "model": model,
         "entries": entries,
         "settings": PresetSettings.from_render_settings(
-            settings, ("width", "height", "frames", "steps", "guidance", "guidance_low", "shift", "fps")
+            settings,
+            ("width", "height", "frames", "steps", "guidance", "guidance_low", "shift", "fps", "high_steps"),
         ).values_set(),
     }
     return ImportResult(
         parse_preset(jsonable(data), roots=roots, what="render's preset"), "render-record", notes
+    )
+
+
+def _from_lset(
+    data: dict[str, Any], *, roots: Sequence[Path], name: str, run: RunSteps | None
+) -> ImportResult:
+    """A Wan2GP ``.lset`` (or settings file) → a preset with the same weight at every step."""
+    found = lset_entries(data, run=run)
+    notes = list(found.notes)
+    for i, entry in enumerate(found.entries):
+        for expert in ("high", "low"):
+            source = entry.get(expert)
+            if source is not None and "repo" not in source:
+                entry[expert] = {"path": _guide_path(source["file"], roots, f"loras[{i}]", notes)}
+    description = "Imported from Wan2GP." + (f" Its prompt: {found.prompt}" if found.prompt else "")
+    data = {
+        "name": name,
+        "description": description[:5000],
+        "entries": found.entries,
+        "settings": found.settings,
+    }
+    return ImportResult(
+        parse_preset(jsonable(data), roots=roots, what="imported Wan2GP file"), "wan2gp", notes
     )
 
 
@@ -237,6 +271,7 @@ def preset_from_data(
     default_name: str = "Imported preset",
     name: str | None = None,
     hub: HubContext | None = None,
+    run: RunSteps | None = None,
 ) -> ImportResult:
     """Anything the studio imports as a preset, validated fully.
 
@@ -245,7 +280,9 @@ def preset_from_data(
       (``applies_to`` ``"high_noise"``, ``"low_noise"`` or ``"both"``), also wrapped as
       ``{"loras": [...]}``. An absolute path inside a LoRA folder is made relative; one
       outside them is replaced by its file name (looked up in the LoRA folders; a note says so);
-    - a render's sidecar (``kind: wan-lora-studio/render``): its stack and settings.
+    - a render's sidecar (``kind: wan-lora-studio/render``): its stack and settings;
+    - a Wan2GP ``.lset`` or settings file (``loras`` + ``loras_mult``/``loras_multipliers``):
+      the same weight per step and expert; ``run`` lays out lists that change within the run.
 
     ``name`` overrides the preset's name (for a list, the default is ``default_name``). ``hub`` resolves
     the list's Hub repo paths (default: a client on the default cache, fitting an I2V model).
@@ -255,6 +292,8 @@ def preset_from_data(
     if isinstance(data, dict):
         if data.get("kind") == RENDER_RECORD_KIND:
             return _from_record(data, roots=roots, name=name or default_name)
+        if is_lset(data):
+            return _from_lset(data, roots=roots, name=name or default_name, run=run)
         if "loras" in data and "entries" not in data and "stack" not in data:
             if not isinstance(data["loras"], list):
                 raise ValidationError("Invalid LoRA list: loras: must be a list of LoRAs.")

@@ -26,6 +26,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from studio.errors import ValidationError
 from studio.loras.sources import LORA_SUFFIX
+from studio.stack.schedule import Schedule
 from studio.stack.schema import (
     MAX_WEIGHT,
     MIN_WEIGHT,
@@ -36,6 +37,7 @@ from studio.stack.schema import (
     StrictModel,
     json_object,
     parse_model,
+    read_schedules,
 )
 from studio.workflows.presets.paths import check_links, relative_source, relativize_raw
 
@@ -54,16 +56,9 @@ RENDER_RECORD_KIND = (
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_SETTING_FIELDS = (
-    "width",
-    "height",
-    "frames",
-    "steps",
-    "guidance",
-    "guidance_low",
-    "shift",
-    "fps",
-    "negative_prompt",
+# the render settings a preset may set
+_SETTING_FIELDS = tuple(
+    "width height frames steps guidance guidance_low shift fps negative_prompt high_steps".split()
 )
 GUIDE_EXPERTS = {
     "high_noise": ("high",),
@@ -191,10 +186,19 @@ class PresetEntry(StrictModel):
     low: PresetSource | None = None
     weight_high: float = 1.0
     weight_low: float = 1.0
+    schedule_high: Schedule | None = (
+        None  # weights per step instead of weight_high (see studio.stack.schedule)
+    )
+    schedule_low: Schedule | None = None
     enabled: bool = True
     hint: str = Field(default="", max_length=1000)
     range_high: tuple[float, float] | None = None
     range_low: tuple[float, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_schedules(cls, data: Any) -> Any:
+        return read_schedules(data)
 
     @field_validator("weight_high", "weight_low")
     @classmethod
@@ -231,6 +235,8 @@ class PresetEntry(StrictModel):
             low=self.low.to_source() if self.low else None,
             weight_high=self.weight_high,
             weight_low=self.weight_low,
+            schedule_high=self.schedule_high,
+            schedule_low=self.schedule_low,
             enabled=self.enabled,
         )
 
@@ -288,6 +294,9 @@ class PresetSettings(StrictModel):
     shift: float | None = None
     fps: int | None = None
     negative_prompt: str | None = None
+    high_steps: int | None = (
+        None  # the first K steps on the high-noise expert (the preset's steps must allow it)
+    )
 
     @field_validator(*_SETTING_FIELDS)
     @classmethod

@@ -24,6 +24,7 @@ from studio.stack.schema import (
     Stack,
 )
 from studio.workflows.presets.formats import ImportResult, preset_from_data, to_guide_list
+from studio.workflows.presets.lset import RunSteps
 from studio.workflows.presets.schema import (
     SHIPPED_DIR,
     STALE_PARTIAL_S,
@@ -361,12 +362,18 @@ class PresetStore:
         return path
 
     def import_file(
-        self, path: str | Path, *, name: str | None = None, overwrite: bool = False
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        overwrite: bool = False,
+        run: RunSteps | None = None,
     ) -> ImportResult:
-        """Import an uploaded file (our schema, the guide's list, or a render sidecar) into the user folder.
+        """Import an uploaded file (our schema, the guide's list, a render sidecar or a Wan2GP ``.lset``).
 
         The file is validated fully before anything is written; an existing preset of the
-        same name raises :class:`PresetExists` unless ``overwrite``.
+        same name raises :class:`PresetExists` unless ``overwrite``. ``run``: the step count and
+        expert split that Wan2GP's per-step lists are laid out for.
         """
         path = Path(path).expanduser()
         text = read_preset_text(path)
@@ -379,7 +386,7 @@ class PresetStore:
         default_name = " ".join(re.sub(r"[_-]+", " ", path.stem).split()) or "Imported preset"
         try:
             result = preset_from_data(
-                data, roots=self.roots, default_name=default_name, name=name, hub=self.hub
+                data, roots=self.roots, default_name=default_name, name=name, hub=self.hub, run=run
             )
         except ValidationError as exc:
             raise ValidationError(f"{path.name}: {exc}") from None
