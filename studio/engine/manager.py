@@ -479,6 +479,7 @@ class PipelineManager:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         auto = not request.fuse and fuse_refusal(self.memory) is None
+        reads_before = self.lora_file_reads
         self.apply_stack(request.stack, fuse=request.fuse, keep_fused=auto)
         if auto and not self._fused and self.fuse_pays_off(settings):
             with self._oom_guard("fusing the LoRAs"):
@@ -543,6 +544,7 @@ class PipelineManager:
             timings=timings,
             model=model_record(spec, self.load_dtype(spec), compiled=self._compile.active),
             notices=list(self._compile.notices),
+            file_reads=self.lora_file_reads - reads_before,
         )
 
     def decode(self, latents) -> np.ndarray:

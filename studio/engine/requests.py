@@ -66,6 +66,7 @@ class RenderResult:
     timings: dict[str, float]
     model: dict[str, Any]
     notices: list[str] = field(default_factory=list)  # sentences for the user (compiled mode fallbacks, ...)
+    file_reads: int = 0  # LoRA files read to switch to this render's stack (0 for a weight-only change)
 
 
 ProgressFn = Callable[[StepEvent], None]
