@@ -34,6 +34,7 @@ __all__ = [
     "GridLayout",
     "compose_grid",
     "grid_batch",
+    "grid_canvas",
     "grid_layout",
     "grid_video",
     "parse_axis",
@@ -292,24 +293,22 @@ def _label_band(layout: GridLayout, row_title: str, col_title: str, row_labels, 
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def compose_grid(
+def grid_canvas(
     cells: Sequence[Sequence[np.ndarray | None]],
     row_labels: Sequence[str],
     col_labels: Sequence[str],
     row_title: str,
     col_title: str,
-    out: str | Path,
-    *,
-    fps: int,
-    metadata: dict[str, Any] | None = None,
-) -> tuple[Path, GridLayout]:
-    """Write the cells' frames (``[F, H, W, 3]`` uint8, None for a cell that failed) as one labelled MP4.
+) -> tuple[np.ndarray, GridLayout]:
+    """The grid's frames ``[F, H, W, 3]``: each cell's frames (None: a grey tile) under the labels.
 
-    Shorter cells hold their last frame; a missing cell is a grey tile. Returns the file and layout.
+    Shorter cells hold their last frame until the longest ends.
     """
     rows, cols = len(cells), len(cells[0]) if cells else 0
     if rows < 1 or cols < 1 or any(len(row) != cols for row in cells):
         raise ValidationError("A grid needs at least one row and one column of the same length.")
+    if len(row_labels) != rows or len(col_labels) != cols:
+        raise ValidationError("A grid needs one label per row and one per column.")
     present = [f for row in cells for f in row if f is not None]
     if not present:
         raise ValidationError("No cell of the grid was rendered, so there is no grid video to write.")
@@ -329,6 +328,22 @@ def compose_grid(
             scaled = _scaled(cell, layout.cell_w, layout.cell_h)
             region[: scaled.shape[0]] = scaled
             region[scaled.shape[0] :] = scaled[-1]
+    return canvas, layout
+
+
+def compose_grid(
+    cells: Sequence[Sequence[np.ndarray | None]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    row_title: str,
+    col_title: str,
+    out: str | Path,
+    *,
+    fps: int,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[Path, GridLayout]:
+    """Write :func:`grid_canvas` as one MP4 at ``out`` (never overwriting); the labels go in its metadata too."""
+    canvas, layout = grid_canvas(cells, row_labels, col_labels, row_title, col_title)
     data = {
         "kind": GRID_KIND,
         "version": 1,
