@@ -205,7 +205,7 @@ def cmd_grid(args) -> int:
     from studio.cli import parse_lora_arg
     from studio.images import load_start_image
     from studio.models import default_model_name, resolve_model
-    from studio.workflows.batch.grid import grid_batch, grid_video, parse_axis
+    from studio.workflows.batch.grid import grid_batch, parse_axis, run_grid
 
     extra = [parse_lora_arg(t)[0].expanduser().resolve().parent for t in args.lora]
     if args.preset:
@@ -217,19 +217,24 @@ def cmd_grid(args) -> int:
     load_start_image(image)  # a bad image is refused before anything renders
     render_settings, stack = _grid_inputs(args, settings, spec)
     rows, cols = parse_axis(args.rows), parse_axis(args.cols)
-    batch = grid_batch(image, render_settings, stack, rows, cols, model=spec.name)
+    grid_batch(image, render_settings, stack, rows, cols, model=spec.name)  # a bad axis is refused before any render
     if args.video is not None and Path(args.video).expanduser().exists():
         raise ValidationError(f"--video {args.video!r} already exists; choose another name (nothing is overwritten).")
     out = Path(args.out).expanduser()
     backend, pool = _backend(args, settings, model)
+    runner_events = {"on_event": lambda event: _print(event.line())}
+    previous = signal.getsignal(signal.SIGINT)
     try:
-        summary = _run(batch, out, backend)
+        signal.signal(signal.SIGINT, lambda *_: backend.cancel())
+        video, layout, summary = run_grid(
+            image, render_settings, stack, rows, cols, out, backend, model=spec.name, video=args.video, **runner_events
+        )
     finally:
+        signal.signal(signal.SIGINT, previous)
         if pool is not None:
             pool.close()
     status = _report(summary)
-    if summary.videos():
-        video, layout = grid_video(batch, summary, rows, cols, stack, args.video)
+    if video is not None:
         print(f"wrote {video} ({layout.rows} × {layout.cols} cells, {layout.width}×{layout.height})")
     return status
 

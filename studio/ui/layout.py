@@ -12,6 +12,7 @@ from studio.errors import StudioError
 from studio.service import Studio
 from studio.ui import handlers as h
 from studio.ui.api import register_api
+from studio.ui.batch_tab import build_batch_tab
 from studio.ui.compare_tab import build_compare_tab
 from studio.ui.doctor_panel import badges_html, doctor_widgets, wire_doctor_panel
 from studio.ui.history_tab import build_history_tab
@@ -214,6 +215,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 build_history_tab(studio, refs)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 build_compare_tab(studio, refs)
+            with gr.Tab("Batch", id="batch", elem_id="tab-batch"):
+                build_batch_tab(studio, refs)
 
         # ---------------------------------------------------------------- wiring
         setting_widgets = refs.settings_widgets

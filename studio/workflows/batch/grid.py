@@ -394,3 +394,28 @@ def grid_video(
         fps=fps,
         metadata={"videos": names},
     )
+
+
+def run_grid(
+    image: Path,
+    settings: RenderSettings,
+    stack: Stack,
+    rows: GridAxis,
+    cols: GridAxis,
+    out_dir: str | Path,
+    backend: Any,
+    *,
+    model: str | None = None,
+    fuse: bool = False,
+    video: str | Path | None = None,
+    on_event: Any = None,
+) -> tuple[Path | None, GridLayout | None, Any]:
+    """Render the grid as a batch into ``out_dir`` on ``backend`` and compose its video (None if no cell rendered)."""
+    from studio.workflows.batch.runner import run_batch
+
+    batch = grid_batch(image, settings, stack, rows, cols, model=model, fuse=fuse)
+    summary = run_batch(batch, out_dir, backend, on_event=on_event)
+    if not summary.videos():
+        return None, None, summary
+    path, layout = grid_video(batch, summary, rows, cols, stack, video)
+    return path, layout, summary

@@ -135,6 +135,7 @@ class RayPool:
         self._options: dict[str, Any] = {}
         self._count = 0
         self._actor_class = None
+        self._cancelled = False
 
     # ------------------------------------------------------------------ lifecycle
     def _note(self, text: str) -> None:
@@ -142,7 +143,12 @@ class RayPool:
             self.on_note(text)
 
     def start(self) -> None:
+        self._cancelled = False
         if self.workers:
+            for worker in self.workers:  # renders a cancelled run left behind: let them end
+                if worker.task is not None:
+                    self.ray.wait([worker.task])
+                    worker.task = worker.job_id = None
             return
         ray = self.ray
         if not ray.is_initialized():
@@ -224,8 +230,8 @@ class RayPool:
             ready, _ = ray.wait(list(busy), num_returns=1, timeout=WAIT_S)
             if ready:
                 break
-            if cancelled():
-                return None
+            if self._cancelled or cancelled():
+                raise RenderCancelled("The batch was cancelled; finished scenes are kept, re-run to go on.")
         else:
             return None
         worker = busy[ready[0]]
@@ -263,6 +269,7 @@ class RayPool:
 
     def cancel(self) -> None:
         """Ask the running renders to stop between two steps (:meth:`close` kills the workers)."""
+        self._cancelled = True
         for worker in self.workers:
             if worker.task is not None:
                 try:

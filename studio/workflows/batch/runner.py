@@ -116,8 +116,10 @@ class InProcess:
         self.session = session
         self.memory = memory
         self._job: tuple[str, RenderRequest, Callable[[StepEvent], None]] | None = None
+        self._cancelled = threading.Event()
 
     def start(self) -> None:
+        self._cancelled.clear()
         self.studio.spec  # loads the model once, before the first scene
 
     def idle(self) -> bool:
@@ -131,6 +133,8 @@ class InProcess:
         assert self._job is not None
         job_id, request, progress = self._job
         self._job = None
+        if self._cancelled.is_set():
+            raise RenderCancelled("The batch was cancelled; finished scenes are kept, re-run to go on.")
         try:
             result = self.studio.render_request(
                 request, session=self.session, memory=self.memory, progress=progress
@@ -144,6 +148,8 @@ class InProcess:
         return Outcome(job_id, result=result)
 
     def cancel(self) -> None:
+        """Stop the running render between two steps, and do not start another."""
+        self._cancelled.set()
         self.studio.cancel(self.session)
 
 

@@ -137,7 +137,7 @@ def _scene_label(raw: Any, index: int) -> str:
     return f"scene {index + 1} ({name!r})" if name else f"scene {index + 1}"
 
 
-def _clean_message(item: dict[str, Any]) -> str:
+def clean_message(item: dict[str, Any]) -> str:
     if item["type"] == "extra_forbidden":
         return "is not a known field (check its spelling)"
     if item["type"] == "missing":
@@ -155,10 +155,10 @@ def _describe(exc: PydanticValidationError, raw: Any, what: str) -> str:
         if len(loc) >= 2 and loc[0] == "scenes" and isinstance(loc[1], int):
             where = _scene_label(raw, loc[1])
             field_name = ".".join(str(p) for p in loc[2:])
-            problems.append(f"{where}: {field_name}: {_clean_message(item)}" if field_name else f"{where}: {_clean_message(item)}")
+            problems.append(f"{where}: {field_name}: {clean_message(item)}" if field_name else f"{where}: {clean_message(item)}")
         else:
             field_name = ".".join(str(p) for p in loc) or "file"
-            problems.append(f"{field_name}: {_clean_message(item)}")
+            problems.append(f"{field_name}: {clean_message(item)}")
     return f"Invalid {what}: " + "; ".join(problems) + "."
 
 
@@ -242,7 +242,7 @@ def _with_schedules(stack: Stack, schedules: list[Any], where: str) -> Stack:
             try:
                 entry = StackEntry.model_validate({**entry.model_dump(), "schedule": schedule})
             except PydanticValidationError as exc:
-                message = "; ".join(_clean_message(e) for e in exc.errors())
+                message = "; ".join(clean_message(e) for e in exc.errors())
                 raise ValidationError(f"{where}: loras.{k}.schedule: {message}.") from None
         entries.append(entry)
     return Stack(entries=entries)
@@ -272,7 +272,7 @@ def _settings(values: dict[str, Any], where: str) -> RenderSettings:
     try:
         return RenderSettings.model_validate(values)
     except PydanticValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {_clean_message(e)}" for e in exc.errors()]
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {clean_message(e)}" for e in exc.errors()]
         raise ValidationError(f"{where}: settings: " + "; ".join(problems) + ".") from None
 
 
