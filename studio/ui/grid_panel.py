@@ -87,7 +87,13 @@ def build_grid_panel(studio: Studio, refs: EditorRefs, entry_choices) -> None:
         entries_update, inputs=[refs.stack_state, *entry_widgets], outputs=entry_widgets, queue=False, **private
     )
 
-    def render(image, fuse, state, rk, re_, rx, rv, ck, ce, cx, cv, *widgets, request: gr.Request, progress=gr.Progress()):
+    def render(
+        image, fuse, state, rk, re_, rx, rv, ck, ce, cx, cv, prompt_v, negative_v, width_v, height_v, frames_v,
+        steps_v, guidance_v, guidance_low_v, shift_v, seed_v, fps_v, request: gr.Request, progress=gr.Progress(),
+    ):  # fmt: skip
+        # Gradio injects the request and the progress tracker by the parameters' hints and defaults.
+        widgets = (prompt_v, negative_v, width_v, height_v, frames_v, steps_v, guidance_v, guidance_low_v,
+                   shift_v, seed_v, fps_v)  # fmt: skip
         try:
             if image is None:
                 raise StudioError("Upload a start image in the Studio tab first.")
