@@ -53,7 +53,7 @@ def _start_image(folder):
 
 
 def scene_switch(ctx: Context) -> tuple[list, dict[str, float]]:
-    from studio.stack import Stack
+    from studio.stack.schema import Stack
     from studio.workflows.batch.scenes import load_batch
 
     mgr = ctx.manager(WAN13)
@@ -63,7 +63,11 @@ def scene_switch(ctx: Context) -> tuple[list, dict[str, float]]:
     _start_image(folder)
     scenes = [
         {"name": "one", "image": "start.png", "loras": [{"path": str(first), "weight": 0.8}]},
-        {"name": "two", "image": "start.png", "loras": [{"path": str(first), "weight": 0.8}, {"path": str(new)}]},
+        {
+            "name": "two",
+            "image": "start.png",
+            "loras": [{"path": str(first), "weight": 0.8}, {"path": str(new)}],
+        },
     ]
     batch = load_batch(
         _scene_file(folder, scenes, {}), model_defaults={}, roots=mgr.settings.resolved_lora_dirs()
@@ -82,7 +86,10 @@ def scene_switch(ctx: Context) -> tuple[list, dict[str, float]]:
         reads.append(mgr.lora_file_reads - before)
 
     times = common.interleaved(
-        {"read": (None, lambda: read_bytes(new), None), "switch": (lambda: mgr.apply_stack(one.stack), switch, None)},
+        {
+            "read": (None, lambda: read_bytes(new), None),
+            "switch": (lambda: mgr.apply_stack(one.stack), switch, None),
+        },
         repeats,
     )
     mgr.apply_stack(Stack())
@@ -103,7 +110,7 @@ def ray_overhead(ctx: Context) -> tuple[list, dict[str, float]]:
     import torch
 
     from studio.loras.synthetic import make_lora_tensors, write_lora
-    from studio.models import resolve_model
+    from studio.models.registry import resolve_model
     from studio.service import Studio
     from studio.settings import Settings
     from studio.workflows.batch.ray_pool import RayPool, import_ray
@@ -114,10 +121,13 @@ def ray_overhead(ctx: Context) -> tuple[list, dict[str, float]]:
     folder = ctx.tmp / "ray"
     (folder / "loras").mkdir(parents=True)
     _start_image(folder)
-    from studio.demo_model import TRANSFORMER_CONFIG
+    from studio.models.demo import TRANSFORMER_CONFIG
 
     for name, seed in (("a", 1), ("b", 2)):
-        write_lora(folder / "loras" / f"{name}.safetensors", make_lora_tensors(TRANSFORMER_CONFIG, seed=seed, scale=0.3))
+        write_lora(
+            folder / "loras" / f"{name}.safetensors",
+            make_lora_tensors(TRANSFORMER_CONFIG, seed=seed, scale=0.3),
+        )
     a, b = {"path": "a.safetensors"}, {"path": "b.safetensors", "applies_to": "low_noise"}
     scenes = [
         {"name": "one", "image": "start.png", "seed": 1, "loras": [{**a, "weight": 0.5}]},
@@ -126,9 +136,13 @@ def ray_overhead(ctx: Context) -> tuple[list, dict[str, float]]:
         {"name": "four", "image": "start.png", "seed": 4, "loras": [b]},
     ]
     cache = ctx.settings().cache_dir
-    settings = Settings(lora_dirs=(folder / "loras",), outputs_dir=folder / "outputs", cache_dir=cache, model="demo")
+    settings = Settings(
+        lora_dirs=(folder / "loras",), outputs_dir=folder / "outputs", cache_dir=cache, model="demo"
+    )
     defaults = resolve_model("demo").defaults.settings_values()
-    batch = load_batch(_scene_file(folder, scenes, RAY_SCENE), model_defaults=defaults, roots=settings.resolved_lora_dirs())
+    batch = load_batch(
+        _scene_file(folder, scenes, RAY_SCENE), model_defaults=defaults, roots=settings.resolved_lora_dirs()
+    )
     threads = torch.get_num_threads()
     common.status(f"starting a local Ray and one worker ({threads} torch threads, as here)")
     ray.init(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False, logging_level="ERROR")
@@ -151,7 +165,10 @@ def ray_overhead(ctx: Context) -> tuple[list, dict[str, float]]:
         repeats = max(ctx.repeats, 3)
         common.status(f"timing the 4-scene batch in-process vs on one Ray worker × {repeats}")
         times = common.interleaved(
-            {"in-process": (None, lambda: batch_on(local), None), "ray": (None, lambda: batch_on(pool), None)},
+            {
+                "in-process": (None, lambda: batch_on(local), None),
+                "ray": (None, lambda: batch_on(pool), None),
+            },
             repeats,
         )
     finally:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from studio.cli import compare, doctor, hub, inspect, models, presets, render, vram
+from studio.cli import batch, compare, doctor, grid, hub, inspect, models, presets, render, vram
 from studio.cli.common import EXIT_CANCELLED, EXIT_USER_ERROR, Parser
 from studio.errors import RenderCancelled, StudioError
 
-COMMAND_MODULES = (render, presets, compare, models, inspect, hub, vram, doctor)
+COMMAND_MODULES = (render, presets, compare, models, inspect, hub, vram, doctor, batch, grid)
 
 
 def build_parser() -> Parser:

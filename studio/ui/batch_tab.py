@@ -22,15 +22,15 @@ from typing import Any
 import gradio as gr
 
 from studio.errors import RenderCancelled, StudioError
-from studio.images import load_start_image
-from studio.presets import PresetStore
+from studio.media.images import load_start_image
 from studio.service import Studio
-from studio.stack import Stack
+from studio.stack.schema import Stack
 from studio.ui import handlers as h
 from studio.ui.history_tab import opened_tab
 from studio.ui.refs import EditorRefs
 from studio.workflows.batch.queue import SceneQueue, state_rows
 from studio.workflows.batch.runner import BatchRunner, InProcess
+from studio.workflows.presets.store import PresetStore
 
 GPU_QUEUE = "gpu"  # = studio.ui.layout.GPU_QUEUE
 TAB_ID = "batch"
@@ -50,7 +50,9 @@ def results(queue: SceneQueue) -> list[tuple[str, str]]:
             continue
         summary = "?"
         try:
-            record = json.loads((queue.renders / job.sidecar).read_text(encoding="utf-8")) if job.sidecar else {}
+            record = (
+                json.loads((queue.renders / job.sidecar).read_text(encoding="utf-8")) if job.sidecar else {}
+            )
             summary = Stack.model_validate(record.get("stack") or {}).summary()
         except (OSError, ValueError):
             pass
@@ -88,12 +90,16 @@ def build_batch_tab(studio: Studio, refs: EditorRefs) -> None:
     with gr.Accordion("Edit the chosen scene", open=False, elem_id="batch-edit"):
         with gr.Row():
             name_box = gr.Textbox(label="Name", elem_id="batch-name", max_lines=1)
-            seed_box = gr.Number(-1, label="Seed (-1 = random, kept once drawn)", precision=0, elem_id="batch-seed")
+            seed_box = gr.Number(
+                -1, label="Seed (-1 = random, kept once drawn)", precision=0, elem_id="batch-seed"
+            )
             repeat_box = gr.Number(1, label="Repeat", precision=0, minimum=1, elem_id="batch-repeat")
         prompt_box = gr.Textbox(label="Prompt", lines=2, elem_id="batch-prompt")
         with gr.Row():
             save_btn = gr.Button("Save changes", elem_id="batch-save")
-            replace_btn = gr.Button("Replace with the editor's image, settings and LoRAs", elem_id="batch-replace")
+            replace_btn = gr.Button(
+                "Replace with the editor's image, settings and LoRAs", elem_id="batch-replace"
+            )
             open_btn = gr.Button("Open in the editor", elem_id="batch-open")
     with gr.Row(equal_height=True):
         import_file = gr.File(
@@ -164,7 +170,11 @@ def build_batch_tab(studio: Studio, refs: EditorRefs) -> None:
     def replace(index, image, state, *widgets):
         if index is None:
             return show(None, "Choose a scene first.", "error")
-        return guarded(lambda: queue.replace_from_editor(int(index), *editor_request(image, state, widgets)), int(index), "The scene now has the editor's image, settings and LoRAs.")
+        return guarded(
+            lambda: queue.replace_from_editor(int(index), *editor_request(image, state, widgets)),
+            int(index),
+            "The scene now has the editor's image, settings and LoRAs.",
+        )
 
     replace_btn.click(replace, inputs=[scene, *editor_inputs], outputs=[*view_outputs, status], **private)
 
@@ -190,7 +200,9 @@ def build_batch_tab(studio: Studio, refs: EditorRefs) -> None:
         return guarded(lambda: queue.remove(int(index)), max(0, int(index) - 1), "Removed the scene.")
 
     remove_btn.click(remove, inputs=[scene], outputs=[*view_outputs, status], **private)
-    clear_btn.click(lambda: guarded(queue.clear, None, "The queue is empty."), outputs=[*view_outputs, status], **private)
+    clear_btn.click(
+        lambda: guarded(queue.clear, None, "The queue is empty."), outputs=[*view_outputs, status], **private
+    )
 
     def pick(index):
         try:
@@ -208,7 +220,12 @@ def build_batch_tab(studio: Studio, refs: EditorRefs) -> None:
         changes = {"name": name or "", "prompt": prompt or "", "seed": seed_value, "repeat": int(repeat or 1)}
         return guarded(lambda: queue.edit(int(index), **changes), int(index), "Saved.")
 
-    save_btn.click(save, inputs=[scene, name_box, prompt_box, seed_box, repeat_box], outputs=[*view_outputs, status], **private)
+    save_btn.click(
+        save,
+        inputs=[scene, name_box, prompt_box, seed_box, repeat_box],
+        outputs=[*view_outputs, status],
+        **private,
+    )
 
     editor = [refs.image, *refs.settings_widgets, refs.stack_state, refs.stack_version]
 
@@ -217,7 +234,9 @@ def build_batch_tab(studio: Studio, refs: EditorRefs) -> None:
         try:
             if index is None:
                 raise StudioError("Choose a scene first.")
-            batch = queue.batch(model_defaults=studio.spec.defaults.settings_values(), presets=_presets(studio))
+            batch = queue.batch(
+                model_defaults=studio.spec.defaults.settings_values(), presets=_presets(studio)
+            )
             name = queue.load().scenes[int(index)].name
             job = next(j for j in batch.jobs if j.scene == name)
             image = load_start_image(job.image)
@@ -238,18 +257,22 @@ def build_batch_tab(studio: Studio, refs: EditorRefs) -> None:
         count = len(queue.load().scenes)
         return [*guarded(lambda: queue.import_file(Path(path)), count, f"Imported {Path(path).name}."), None]
 
-    import_file.upload(on_import, inputs=[import_file], outputs=[*view_outputs, status, import_file], **private)
+    import_file.upload(
+        on_import, inputs=[import_file], outputs=[*view_outputs, status, import_file], **private
+    )
 
     def export():
         try:
             folder = queue.folder / "exports"
             folder.mkdir(parents=True, exist_ok=True)
-            from studio.media import unique_stem
+            from studio.media.files import unique_stem
 
             written = queue.export_zip(folder / f"{unique_stem(folder, 'scenes')}.zip")
         except StudioError as exc:
             return gr.DownloadButton(visible=False), h.status(str(exc), "error")
-        return gr.DownloadButton(value=str(written), visible=True), h.status(f"Exported the queue to {written}.", "ok")
+        return gr.DownloadButton(value=str(written), visible=True), h.status(
+            f"Exported the queue to {written}.", "ok"
+        )
 
     export_btn.click(export, outputs=[download, status], **private)
 
@@ -259,14 +282,18 @@ def build_batch_tab(studio: Studio, refs: EditorRefs) -> None:
         pool = None
         try:
             batch = queue.batch(
-                model_defaults=studio.spec.defaults.settings_values(), presets=_presets(studio), model=studio.spec.name
+                model_defaults=studio.spec.defaults.settings_values(),
+                presets=_presets(studio),
+                model=studio.spec.name,
             )
             total = len(batch.jobs)
             workers_n = int(count or 1)
             if workers_n > 1:
                 from studio.workflows.batch.ray_pool import RayPool
 
-                pool = RayPool(studio.settings, workers_n, model=studio.spec.name, memory=studio.manager.memory)
+                pool = RayPool(
+                    studio.settings, workers_n, model=studio.spec.name, memory=studio.manager.memory
+                )
                 backend: Any = pool
             else:
                 backend = InProcess(studio, session=session)
@@ -285,7 +312,9 @@ def build_batch_tab(studio: Studio, refs: EditorRefs) -> None:
                 running[session] = runner
             summary = runner.run()
         except RenderCancelled:
-            return show(None, "The batch was cancelled; finished scenes are kept. Run it again to go on.", "info")
+            return show(
+                None, "The batch was cancelled; finished scenes are kept. Run it again to go on.", "info"
+            )
         except StudioError as exc:
             return show(None, str(exc), "error")
         finally:
@@ -301,7 +330,12 @@ def build_batch_tab(studio: Studio, refs: EditorRefs) -> None:
         return show(None, message + f" ({len(summary.rendered)} rendered now).", "ok")
 
     run_btn.click(
-        run, inputs=[workers], outputs=[*view_outputs, status], concurrency_id=GPU_QUEUE, concurrency_limit=1, **private
+        run,
+        inputs=[workers],
+        outputs=[*view_outputs, status],
+        concurrency_id=GPU_QUEUE,
+        concurrency_limit=1,
+        **private,
     )
 
     def cancel(request: gr.Request):

@@ -14,8 +14,8 @@ from pathlib import Path
 import gradio as gr
 
 from studio.errors import RenderCancelled, StudioError, ValidationError
-from studio.images import load_start_image
-from studio.media import save_png_atomic, unique_stem
+from studio.media.files import save_png_atomic, unique_stem
+from studio.media.images import load_start_image
 from studio.service import Studio
 from studio.ui import handlers as h
 from studio.ui.refs import EditorRefs
@@ -28,15 +28,19 @@ KIND_CHOICES = [("a LoRA's weight", "weight"), ("seed", "seed"), ("steps", "step
 EXPERT_CHOICES = [("both experts", "both"), ("high-noise", "high"), ("low-noise", "low")]
 
 
-def axis_from_widgets(kind: str, entry_id: str | None, expert: str | None, values_text: str | None) -> GridAxis:
+def axis_from_widgets(
+    kind: str, entry_id: str | None, expert: str | None, values_text: str | None
+) -> GridAxis:
     parts = [p for p in re.split(r"[,;\s]+", values_text or "") if p]
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise ValidationError(f"The grid values {values_text!r} must be numbers separated by commas.") from None
+        raise ValidationError(
+            f"The grid values {values_text!r} must be numbers separated by commas."
+        ) from None
     if not values:
         raise ValidationError("Give each grid axis at least one value, e.g. 0.4, 0.7, 1.0.")
-    from studio.stack import parse_model
+    from studio.stack.schema import parse_model
 
     data = {"kind": kind or "weight", "values": values}
     if data["kind"] == "weight":
@@ -58,12 +62,27 @@ def build_grid_panel(studio: Studio, refs: EditorRefs, entry_choices) -> None:
             elem_classes=["compare-help"],
         )
         axes = []
-        for which, default_kind, default_values in (("rows", "weight", "0.4, 0.7, 1.0"), ("cols", "seed", "1, 2")):
+        for which, default_kind, default_values in (
+            ("rows", "weight", "0.4, 0.7, 1.0"),
+            ("cols", "seed", "1, 2"),
+        ):
             with gr.Row(equal_height=True):
-                kind = gr.Radio(KIND_CHOICES, value=default_kind, label=f"{which.title()}: vary", elem_id=f"grid-{which}-kind", scale=2)
-                entry = gr.Dropdown([], label="LoRA", elem_id=f"grid-{which}-lora", allow_custom_value=False, scale=2)
-                expert = gr.Radio(experts, value="both", label="Weight of", elem_id=f"grid-{which}-expert", scale=2)
-                values = gr.Textbox(default_values, label="Values", elem_id=f"grid-{which}-values", max_lines=1, scale=2)
+                kind = gr.Radio(
+                    KIND_CHOICES,
+                    value=default_kind,
+                    label=f"{which.title()}: vary",
+                    elem_id=f"grid-{which}-kind",
+                    scale=2,
+                )
+                entry = gr.Dropdown(
+                    [], label="LoRA", elem_id=f"grid-{which}-lora", allow_custom_value=False, scale=2
+                )
+                expert = gr.Radio(
+                    experts, value="both", label="Weight of", elem_id=f"grid-{which}-expert", scale=2
+                )
+                values = gr.Textbox(
+                    default_values, label="Values", elem_id=f"grid-{which}-values", max_lines=1, scale=2
+                )
             axes.append((kind, entry, expert, values))
         with gr.Row():
             render_btn = gr.Button("Render the grid", variant="primary", elem_id="grid-render")
@@ -77,14 +96,24 @@ def build_grid_panel(studio: Studio, refs: EditorRefs, entry_choices) -> None:
     def entries_update(state, *current):
         options = entry_choices(state)
         ids = [i for _, i in options]
-        return [gr.Dropdown(choices=options, value=c if c in ids else (ids[0] if ids else None)) for c in current]
+        return [
+            gr.Dropdown(choices=options, value=c if c in ids else (ids[0] if ids else None)) for c in current
+        ]
 
     entry_widgets = [a[1] for a in axes]
     refs.stack_version.change(
-        entries_update, inputs=[refs.stack_state, *entry_widgets], outputs=entry_widgets, queue=False, **private
+        entries_update,
+        inputs=[refs.stack_state, *entry_widgets],
+        outputs=entry_widgets,
+        queue=False,
+        **private,
     )
     refs.tabs.select(
-        entries_update, inputs=[refs.stack_state, *entry_widgets], outputs=entry_widgets, queue=False, **private
+        entries_update,
+        inputs=[refs.stack_state, *entry_widgets],
+        outputs=entry_widgets,
+        queue=False,
+        **private,
     )
 
     def render(
@@ -109,7 +138,10 @@ def build_grid_panel(studio: Studio, refs: EditorRefs, entry_choices) -> None:
 
             def on_event(event):
                 step = event.step / event.steps if event.kind == "step" and event.steps else 0.0
-                progress((event.done + event.failed + step, total), desc=f"Cell {event.position}/{total}: {event.scene}")
+                progress(
+                    (event.done + event.failed + step, total),
+                    desc=f"Cell {event.position}/{total}: {event.scene}",
+                )
 
             backend = InProcess(studio, session=h._session(request))
             path, layout, summary = run_grid(
@@ -121,16 +153,35 @@ def build_grid_panel(studio: Studio, refs: EditorRefs, entry_choices) -> None:
         except StudioError as exc:
             return gr.skip(), gr.skip(), h.status(str(exc), "error")
         if path is None:
-            return gr.skip(), gr.DownloadButton(visible=False), h.status("No cell of the grid rendered.", "error")
+            return (
+                gr.skip(),
+                gr.DownloadButton(visible=False),
+                h.status("No cell of the grid rendered.", "error"),
+            )
         failed = [j.scene for j in summary.state.jobs if j.status == "failed"]
         message = f"Rendered a {layout.rows} × {layout.cols} grid ({layout.width}×{layout.height}) into {folder.name}."
         if failed:
             message += f" Failed (grey cells): {', '.join(failed)}."
-        return str(path), gr.DownloadButton(value=str(path), visible=True), h.status(message, "warning" if failed else "ok")
+        return (
+            str(path),
+            gr.DownloadButton(value=str(path), visible=True),
+            h.status(message, "warning" if failed else "ok"),
+        )
 
-    inputs = [refs.image, refs.fuse, refs.stack_state, *[w for axis in axes for w in axis], *refs.settings_widgets]
+    inputs = [
+        refs.image,
+        refs.fuse,
+        refs.stack_state,
+        *[w for axis in axes for w in axis],
+        *refs.settings_widgets,
+    ]
     event = render_btn.click(
-        render, inputs=inputs, outputs=[video, download, status], concurrency_id=GPU_QUEUE, concurrency_limit=1, **private
+        render,
+        inputs=inputs,
+        outputs=[video, download, status],
+        concurrency_id=GPU_QUEUE,
+        concurrency_limit=1,
+        **private,
     )
 
     def grid_cancel(request: gr.Request):

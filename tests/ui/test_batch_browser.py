@@ -21,7 +21,9 @@ def env(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_config,
     loras = root / "loras"
     write_lora(loras / "style.safetensors", make_lora_tensors(demo_transformer_config, seed=1, scale=0.3))
     start_image.save(root / "start.png")
-    settings = Settings(lora_dirs=(loras,), outputs_dir=root / "outputs", cache_dir=studio_cache, model="demo")
+    settings = Settings(
+        lora_dirs=(loras,), outputs_dir=root / "outputs", cache_dir=studio_cache, model="demo"
+    )
     return {"root": root, "settings": settings, "start": root / "start.png"}
 
 
@@ -78,7 +80,9 @@ def test_a_queue_of_scenes_runs_and_comes_back_after_a_restart(browser, env, lau
     expect(rows(page).nth(1)).to_contain_text("first")
 
     page.click("#batch-run")
-    expect(page.locator("#batch-status")).to_contain_text("2 of 2 scenes done (2 rendered now)", timeout=120_000)
+    expect(page.locator("#batch-status")).to_contain_text(
+        "2 of 2 scenes done (2 rendered now)", timeout=120_000
+    )
     results = page.locator("#batch-results .thumbnail-item")
     expect(results).to_have_count(2)
     expect(results.filter(has_text="second · seed 2")).to_contain_text("style (1/1)")
@@ -96,13 +100,15 @@ def test_a_queue_of_scenes_runs_and_comes_back_after_a_restart(browser, env, lau
     expect(rows(page).nth(0)).to_contain_text("second")
     expect(page.locator("#batch-results .thumbnail-item")).to_have_count(2)
     page.click("#batch-run")  # nothing left to render
-    expect(page.locator("#batch-status")).to_contain_text("2 of 2 scenes done (0 rendered now)", timeout=60_000)
+    expect(page.locator("#batch-status")).to_contain_text(
+        "2 of 2 scenes done (0 rendered now)", timeout=60_000
+    )
     context.close()
 
 
 @pytest.mark.browser
 def test_the_weight_grid_renders_one_labelled_video(browser, env, launch_studio):
-    from studio.media import probe_video
+    from studio.media.probe import probe_video
 
     studio = Studio(env["settings"])
     studio.manager.load_model("demo")

@@ -15,7 +15,9 @@ import numpy as np
 from PIL import Image
 
 from studio.errors import ValidationError
-from studio.media import probe_video, read_frames, write_json_atomic, write_video
+from studio.media.files import write_json_atomic
+from studio.media.probe import probe_video, read_frames
+from studio.media.video import write_video
 
 __all__ = ["CONCAT_KIND", "concat_batch"]
 
@@ -41,7 +43,9 @@ def concat_batch(summary: Any, out: str | Path) -> tuple[Path, Path]:
     sidecar = out.with_suffix(".json")
     for path in (out, sidecar):
         if path.exists():
-            raise ValidationError(f"{path} already exists; choose another --concat name (nothing is overwritten).")
+            raise ValidationError(
+                f"{path} already exists; choose another --concat name (nothing is overwritten)."
+            )
     done = [job for job in summary.state.jobs if job.status == "done" and job.video]
     if not done:
         raise ValidationError("No scene of the batch is done, so there is nothing to join.")
@@ -56,7 +60,9 @@ def concat_batch(summary: Any, out: str | Path) -> tuple[Path, Path]:
                 "give every scene the same fps to join them."
             )
         frames = _resized(read_frames(path), first.width, first.height)
-        record = json.loads((summary.out_dir / job.sidecar).read_text(encoding="utf-8")) if job.sidecar else {}
+        record = (
+            json.loads((summary.out_dir / job.sidecar).read_text(encoding="utf-8")) if job.sidecar else {}
+        )
         parts.append(
             {
                 "scene": job.scene,
@@ -74,9 +80,15 @@ def concat_batch(summary: Any, out: str | Path) -> tuple[Path, Path]:
         )
         chunks.append(frames)
         start += int(frames.shape[0])
-    missing = [{"scene": j.scene, "job": j.id, "status": j.status} for j in summary.state.jobs if j not in done]
+    missing = [
+        {"scene": j.scene, "job": j.id, "status": j.status} for j in summary.state.jobs if j not in done
+    ]
     fps = round(first.fps)
-    metadata = {"kind": CONCAT_KIND, "version": 1, "parts": [{k: p[k] for k in ("scene", "video", "start_s")} for p in parts]}
+    metadata = {
+        "kind": CONCAT_KIND,
+        "version": 1,
+        "parts": [{k: p[k] for k in ("scene", "video", "start_s")} for p in parts],
+    }
     write_video(np.concatenate(chunks), out, fps=fps, metadata=metadata)
     data = {
         "kind": CONCAT_KIND,

@@ -24,8 +24,17 @@ from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field, field_validator
 
 from studio.errors import ValidationError
-from studio.media import read_frames, write_video
-from studio.stack import MAX_SEED, MAX_STEPS, MAX_WEIGHT, MIN_WEIGHT, RenderSettings, Stack, StrictModel
+from studio.media.probe import read_frames
+from studio.media.video import write_video
+from studio.stack.schema import (
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_WEIGHT,
+    MIN_WEIGHT,
+    RenderSettings,
+    Stack,
+    StrictModel,
+)
 from studio.workflows.batch.jobs import Batch, Job, file_sha256, fingerprint
 
 __all__ = [
@@ -93,7 +102,9 @@ class GridAxis(StrictModel):
         else:
             for v in self.values:
                 if v != int(v) or not (1 <= v <= MAX_STEPS):
-                    raise ValidationError(f"The step count {v:g} is not a whole number from 1 to {MAX_STEPS}.")
+                    raise ValidationError(
+                        f"The step count {v:g} is not a whole number from 1 to {MAX_STEPS}."
+                    )
 
     def _entry(self, stack: Stack):
         if not self.lora:
@@ -146,7 +157,7 @@ def parse_axis(text: str) -> GridAxis:
     data: dict[str, Any] = {"kind": kind, "values": values}
     if kind == "weight":
         data.update(lora=name, expert=expert or "both")
-    from studio.stack import parse_model
+    from studio.stack.schema import parse_model
 
     return parse_model(GridAxis, data, f"axis {text!r}")
 
@@ -164,13 +175,17 @@ def grid_batch(
     """The grid's cells as a batch: one job per (row, column), all with ``image`` and one seed."""
     rows.check(stack)
     cols.check(stack)
-    if rows.kind == cols.kind and rows.kind != "weight" or (
+    if (rows.kind == cols.kind and rows.kind != "weight") or (
         rows.kind == cols.kind == "weight" and rows._entry(stack).id == cols._entry(stack).id
     ):
         raise ValidationError("The two axes vary the same thing; choose different axes for rows and columns.")
     image = Path(image).resolve()
     image_sha = file_sha256(image)
-    base = settings if settings.seed is not None else settings.model_copy(update={"seed": _derived_seed(settings, stack, image_sha, rows, cols)})
+    base = (
+        settings
+        if settings.seed is not None
+        else settings.model_copy(update={"seed": _derived_seed(settings, stack, image_sha, rows, cols)})
+    )
     jobs = []
     for r, row_value in enumerate(rows.values):
         for c, col_value in enumerate(cols.values):
@@ -195,9 +210,13 @@ def grid_batch(
     return Batch(jobs=tuple(jobs), model=model, notes=notes, kind="grid")
 
 
-def _derived_seed(settings: RenderSettings, stack: Stack, image_sha: str, rows: GridAxis, cols: GridAxis) -> int:
+def _derived_seed(
+    settings: RenderSettings, stack: Stack, image_sha: str, rows: GridAxis, cols: GridAxis
+) -> int:
     """One seed for every cell when none is given, the same on a re-run of the same grid (so it resumes)."""
-    key = "|".join((fingerprint(settings, stack, image_sha, None, False), rows.model_dump_json(), cols.model_dump_json()))
+    key = "|".join(
+        (fingerprint(settings, stack, image_sha, None, False), rows.model_dump_json(), cols.model_dump_json())
+    )
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % (MAX_SEED + 1)
 
 
@@ -232,7 +251,7 @@ def _font(size: int):
 
 def _text_width(text: str, font) -> int:
     left, _, right, _ = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
-    return int(math.ceil(right - left))
+    return math.ceil(right - left)
 
 
 def _even_up(value: int) -> int:
@@ -256,7 +275,10 @@ def grid_layout(
         height = top + rows * cell_h + (rows - 1) * GAP
         if width <= MAX_WIDTH and height <= MAX_HEIGHT:
             break
-        shrink = min((MAX_WIDTH - left - (cols - 1) * GAP) / (cols * cell_w), (MAX_HEIGHT - top - (rows - 1) * GAP) / (rows * cell_h))
+        shrink = min(
+            (MAX_WIDTH - left - (cols - 1) * GAP) / (cols * cell_w),
+            (MAX_HEIGHT - top - (rows - 1) * GAP) / (rows * cell_h),
+        )
         cell_w, cell_h = max(2, int(cell_w * shrink) // 2 * 2), max(2, int(cell_h * shrink) // 2 * 2)
     width = _even_up(left + cols * cell_w + (cols - 1) * GAP)
     height = _even_up(top + rows * cell_h + (rows - 1) * GAP)

@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from studio.stack import RenderSettings, Stack
+from studio.stack.schema import RenderSettings, Stack
 
 __all__ = ["Batch", "Job", "file_sha256", "fingerprint", "job_id", "slug"]
 

@@ -20,10 +20,9 @@ from PIL import Image
 from pydantic import ValidationError as PydanticValidationError
 
 from studio.errors import ValidationError
-from studio.images import image_sha256
-from studio.media import save_png_atomic, write_json_atomic
-from studio.presets import PresetSettings, PresetStore
-from studio.stack import RenderSettings, Stack
+from studio.media.files import save_png_atomic, write_json_atomic
+from studio.media.images import image_sha256
+from studio.stack.schema import RenderSettings, Stack
 from studio.workflows.batch.jobs import Batch
 from studio.workflows.batch.scenes import (
     MAX_FILE_BYTES,
@@ -35,12 +34,24 @@ from studio.workflows.batch.scenes import (
     resolve_scenes,
 )
 from studio.workflows.batch.state import BatchState, StateFile
+from studio.workflows.presets.schema import PresetSettings
+from studio.workflows.presets.store import PresetStore
 
 __all__ = ["QUEUE_FOLDER", "SceneQueue", "state_rows"]
 
 QUEUE_FOLDER = "batch"
 MAX_ZIP_BYTES = 512 * 1024 * 1024
-_SETTING_FIELDS = ("width", "height", "frames", "steps", "guidance", "guidance_low", "shift", "fps", "negative_prompt")
+_SETTING_FIELDS = (
+    "width",
+    "height",
+    "frames",
+    "steps",
+    "guidance",
+    "guidance_low",
+    "shift",
+    "fps",
+    "negative_prompt",
+)
 
 
 class SceneQueue:
@@ -113,14 +124,18 @@ class SceneQueue:
             seed=settings.seed,
         )
 
-    def add(self, image: Image.Image, settings: RenderSettings, stack: Stack, name: str | None = None) -> SceneFile:
+    def add(
+        self, image: Image.Image, settings: RenderSettings, stack: Stack, name: str | None = None
+    ) -> SceneFile:
         current = self.load()
         scenes = list(current.scenes)
         scene = self.scene_from_editor(image, settings, stack, name)
         scenes.append(scene.model_copy(update={"name": self._free_name(scenes, scene.name)}))
         return self._changed(scenes, current)
 
-    def replace_from_editor(self, index: int, image: Image.Image, settings: RenderSettings, stack: Stack) -> SceneFile:
+    def replace_from_editor(
+        self, index: int, image: Image.Image, settings: RenderSettings, stack: Stack
+    ) -> SceneFile:
         """Scene ``index`` takes the editor's image, prompt, settings and stack (it keeps its name and repeat)."""
         current = self.load()
         scenes = list(current.scenes)
@@ -169,7 +184,9 @@ class SceneQueue:
         return self.save(SceneFile())
 
     # ------------------------------------------------------------------ running
-    def batch(self, *, model_defaults: dict[str, Any], presets: PresetStore | None = None, model: str | None = None) -> Batch:
+    def batch(
+        self, *, model_defaults: dict[str, Any], presets: PresetStore | None = None, model: str | None = None
+    ) -> Batch:
         return resolve_scenes(
             self.load(),
             self.folder,
@@ -215,7 +232,9 @@ class SceneQueue:
         else:
             if path.stat().st_size > MAX_FILE_BYTES:
                 raise ValidationError(f"{path.name} is too large to be a scene file.")
-            incoming = parse_scene_file(path.read_text(encoding="utf-8", errors="replace"), what=f"scene file {path.name}")
+            incoming = parse_scene_file(
+                path.read_text(encoding="utf-8", errors="replace"), what=f"scene file {path.name}"
+            )
             images = {}
             for i, scene in enumerate(incoming.scenes):
                 source = Path(scene.image) if Path(scene.image).is_absolute() else path.parent / scene.image
@@ -237,7 +256,9 @@ class SceneQueue:
         scenes = list(current.scenes)
         for scene in incoming.scenes:
             scenes.append(
-                scene.model_copy(update={"name": self._free_name(scenes, scene.name), "image": stored[scene.image]})
+                scene.model_copy(
+                    update={"name": self._free_name(scenes, scene.name), "image": stored[scene.image]}
+                )
             )
         base = current if not replace else incoming.model_copy(update={"scenes": []})
         return self._changed(scenes, base)
@@ -246,14 +267,22 @@ class SceneQueue:
         try:
             archive = zipfile.ZipFile(path)
         except zipfile.BadZipFile:
-            raise ValidationError(f"{path.name} is not a zip file; import a zip exported from the Batch tab.") from None
+            raise ValidationError(
+                f"{path.name} is not a zip file; import a zip exported from the Batch tab."
+            ) from None
         with archive:
             infos = {info.filename: info for info in archive.infolist()}
             if "scenes.json" not in infos:
-                raise ValidationError(f"{path.name} holds no scenes.json; import a zip exported from the Batch tab.")
+                raise ValidationError(
+                    f"{path.name} holds no scenes.json; import a zip exported from the Batch tab."
+                )
             if sum(i.file_size for i in infos.values()) > MAX_ZIP_BYTES:
-                raise ValidationError(f"{path.name} unpacks to more than {MAX_ZIP_BYTES // 2**20} MB; it is refused.")
-            incoming = parse_scene_file(archive.read("scenes.json").decode("utf-8", errors="replace"), what="scenes.json")
+                raise ValidationError(
+                    f"{path.name} unpacks to more than {MAX_ZIP_BYTES // 2**20} MB; it is refused."
+                )
+            incoming = parse_scene_file(
+                archive.read("scenes.json").decode("utf-8", errors="replace"), what="scenes.json"
+            )
             images = {}
             for i, scene in enumerate(incoming.scenes):
                 name = PurePosixPath(scene.image)
@@ -288,6 +317,15 @@ def state_rows(scene_file: SceneFile, state: BatchState | None) -> list[list[Any
         states = status.get(scene.name, [])
         text = "not run" if not states else ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
         prompt = scene.prompt if len(scene.prompt) <= 60 else scene.prompt[:59] + "…"
-        rows.append([i + 1, scene.name, prompt, loras, "random" if scene.seed is None else scene.seed, scene.repeat, text])
+        rows.append(
+            [
+                i + 1,
+                scene.name,
+                prompt,
+                loras,
+                "random" if scene.seed is None else scene.seed,
+                scene.repeat,
+                text,
+            ]
+        )
     return rows
-

@@ -16,6 +16,7 @@ every node needs the studio installed and the same LoRA folders and model cache 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,9 +53,7 @@ class SceneWorker:
     ) -> None:
         import torch
 
-        from studio.engine.manager import PipelineManager
-
-        from studio.engine.manager import CancelToken
+        from studio.engine.manager import CancelToken, PipelineManager
 
         if threads:
             torch.set_num_threads(threads)
@@ -157,7 +156,9 @@ class RayPool:
                 ray.init(address=self.address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = self.address or "a local Ray"
-                raise ValidationError(f"Ray could not be started at {where} ({exc}); check the address.") from None
+                raise ValidationError(
+                    f"Ray could not be started at {where} ({exc}); check the address."
+                ) from None
             self._started_ray = True
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
@@ -194,14 +195,14 @@ class RayPool:
             worker.info = self.ray.get(worker.actor.ready.remote())
         except self.ray.exceptions.RayActorError as exc:
             raise ValidationError(f"A Ray worker could not load the model: {_cause(exc)}") from None
-        worker.name = f"{worker.name} (pid {worker.info['pid']} on {worker.info['host']}, {worker.info['device']})"
+        worker.name = (
+            f"{worker.name} (pid {worker.info['pid']} on {worker.info['host']}, {worker.info['device']})"
+        )
 
     def close(self) -> None:
         for worker in self.workers:
-            try:
+            with contextlib.suppress(Exception):  # already dead
                 self.ray.kill(worker.actor)
-            except Exception:
-                pass
         self.workers = []
         if self._started_ray:
             self.ray.shutdown()
@@ -244,7 +245,9 @@ class RayPool:
             self._replace(worker)
             return Outcome(job_id, lost=reason, worker=worker.name)
         except ray.exceptions.RayError as exc:
-            return Outcome(job_id, error=f"The render failed on {worker.name} ({_cause(exc)}).", worker=worker.name)
+            return Outcome(
+                job_id, error=f"The render failed on {worker.name} ({_cause(exc)}).", worker=worker.name
+            )
         if "cancelled" in reply:
             raise RenderCancelled(reply["cancelled"])
         if "error" in reply:
@@ -272,10 +275,8 @@ class RayPool:
         self._cancelled = True
         for worker in self.workers:
             if worker.task is not None:
-                try:
+                with contextlib.suppress(Exception):  # a dead worker has nothing to cancel
                     worker.actor.cancel.remote()
-                except Exception:
-                    pass
 
     def worker_pids(self) -> list[int]:
         return [int(w.info["pid"]) for w in self.workers]

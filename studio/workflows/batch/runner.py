@@ -26,8 +26,8 @@ from typing import Any, Literal, Protocol
 
 from studio.engine.manager import RenderRequest, RenderResult, StepEvent
 from studio.errors import RenderCancelled, StudioError
-from studio.images import load_start_image
-from studio.outputs import save_render
+from studio.media.images import load_start_image
+from studio.outputs.render_files import save_render
 from studio.workflows.batch.jobs import Batch, Job
 from studio.workflows.batch.state import BatchState, StateFile, batch_lock
 
@@ -120,7 +120,7 @@ class InProcess:
 
     def start(self) -> None:
         self._cancelled.clear()
-        self.studio.spec  # loads the model once, before the first scene
+        _ = self.studio.spec  # loads the model once, before the first scene
 
     def idle(self) -> bool:
         return self._job is None
@@ -229,7 +229,9 @@ class BatchRunner:
         try:
             while queue or in_flight:
                 if self.cancelled:
-                    raise RenderCancelled("The batch was cancelled; finished scenes are kept, re-run to go on.")
+                    raise RenderCancelled(
+                        "The batch was cancelled; finished scenes are kept, re-run to go on."
+                    )
                 while queue and self.backend.idle():
                     job_id = queue.popleft()
                     job = self.batch.job(job_id)

@@ -12,7 +12,7 @@
        {"name": "close-up", "image": "images/face.png", "prompt": "she smiles", "preset": "Fast anime"}]}
 
 - ``loras`` is the guide's list form (``path``, ``name``, ``weight``, ``applies_to``), read by the
-  same parser as a preset import (:func:`studio.presets.preset_from_data`); a ``schedule`` on an
+  same parser as a preset import (:func:`studio.workflows.presets.preset_from_data`); a ``schedule`` on an
   item is passed on to the stack entry where the stack supports per-step schedules.
   ``preset`` names a preset (or a preset file next to the scene file) instead.
 - ``settings`` (and ``defaults``) take the render settings a preset can set (width, height,
@@ -37,10 +37,13 @@ from pydantic import Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from studio.errors import ValidationError
-from studio.images import load_start_image
-from studio.presets import PresetSettings, PresetStore, load_preset, preset_from_data, relative_source
-from studio.stack import MAX_SEED, RenderSettings, Stack, StackEntry, StrictModel
+from studio.media.images import load_start_image
+from studio.stack.schema import MAX_SEED, RenderSettings, Stack, StackEntry, StrictModel
 from studio.workflows.batch.jobs import Batch, Job, file_sha256, fingerprint, job_id
+from studio.workflows.presets.formats import preset_from_data
+from studio.workflows.presets.paths import relative_source
+from studio.workflows.presets.schema import PresetSettings, load_preset
+from studio.workflows.presets.store import PresetStore
 
 __all__ = [
     "SCENES_KIND",
@@ -155,7 +158,11 @@ def _describe(exc: PydanticValidationError, raw: Any, what: str) -> str:
         if len(loc) >= 2 and loc[0] == "scenes" and isinstance(loc[1], int):
             where = _scene_label(raw, loc[1])
             field_name = ".".join(str(p) for p in loc[2:])
-            problems.append(f"{where}: {field_name}: {clean_message(item)}" if field_name else f"{where}: {clean_message(item)}")
+            problems.append(
+                f"{where}: {field_name}: {clean_message(item)}"
+                if field_name
+                else f"{where}: {clean_message(item)}"
+            )
         else:
             field_name = ".".join(str(p) for p in loc) or "file"
             problems.append(f"{field_name}: {clean_message(item)}")
@@ -199,7 +206,9 @@ def load_scene_file(path: str | Path) -> SceneFile:
     except FileNotFoundError:
         raise ValidationError(f"The scene file {path} was not found; check the path.") from None
     except UnicodeDecodeError:
-        raise ValidationError(f"The scene file {path.name} is not UTF-8 text; save it as UTF-8 JSON.") from None
+        raise ValidationError(
+            f"The scene file {path.name} is not UTF-8 text; save it as UTF-8 JSON."
+        ) from None
     except IsADirectoryError:
         raise ValidationError(f"{path} is a folder; give the scene file (a .json file).") from None
     except OSError as exc:
@@ -210,7 +219,9 @@ def load_scene_file(path: str | Path) -> SceneFile:
 # ----------------------------------------------------------------------------- resolving
 
 
-def _stack_from_items(items: list[dict[str, Any]], roots: Sequence[Path], where: str) -> tuple[Stack, list[str]]:
+def _stack_from_items(
+    items: list[dict[str, Any]], roots: Sequence[Path], where: str
+) -> tuple[Stack, list[str]]:
     """The guide-style items as a stack (the preset import's parser), schedules passed on."""
     if not items:
         return Stack(), []
@@ -300,7 +311,9 @@ def resolve_scenes(
         image = (image if image.is_absolute() else base_dir / image).resolve()
         if image not in image_shas:
             if not image.is_file():
-                raise ValidationError(f"{where}: image: {image} was not found (paths are relative to the scene file).")
+                raise ValidationError(
+                    f"{where}: image: {image} was not found (paths are relative to the scene file)."
+                )
             try:
                 load_start_image(image)
             except ValidationError as exc:
@@ -333,7 +346,9 @@ def resolve_scenes(
             )
     ids = [job.id for job in jobs]
     if len(set(ids)) != len(ids):  # e.g. "Intro!" and "intro?" give the same file stem
-        raise ValidationError("Two scenes give the same file name; rename one of them (letters and digits differ).")
+        raise ValidationError(
+            "Two scenes give the same file name; rename one of them (letters and digits differ)."
+        )
     return Batch(jobs=tuple(jobs), model=model, source=source, notes=tuple(notes))
 
 
@@ -369,8 +384,14 @@ def items_from_stack(stack: Stack, roots: Sequence[Path] = ()) -> list[dict[str,
     for entry in stack.active():
         experts = entry.applies_to()
         sources = {e: entry.source(e) for e in experts}
-        same = len(experts) == 2 and sources["high"] == sources["low"] and entry.weight_high == entry.weight_low
-        groups = [("both", "high")] if same else [("high_noise" if e == "high" else "low_noise", e) for e in experts]
+        same = (
+            len(experts) == 2 and sources["high"] == sources["low"] and entry.weight_high == entry.weight_low
+        )
+        groups = (
+            [("both", "high")]
+            if same
+            else [("high_noise" if e == "high" else "low_noise", e) for e in experts]
+        )
         for applies_to, expert in groups:
             source = sources[expert]
             if source.is_hub:
@@ -380,6 +401,11 @@ def items_from_stack(stack: Stack, roots: Sequence[Path] = ()) -> list[dict[str,
                 )
             relative = relative_source(source, roots)
             items.append(
-                {"path": relative.path, "name": entry.name, "weight": entry.weight(expert), "applies_to": applies_to}
+                {
+                    "path": relative.path,
+                    "name": entry.name,
+                    "weight": entry.weight(expert),
+                    "applies_to": applies_to,
+                }
             )
     return items

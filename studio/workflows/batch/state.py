@@ -34,9 +34,9 @@ from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
 
 from studio.errors import OutputError, ValidationError
-from studio.media import write_json_atomic
-from studio.stack import MAX_SEED, StrictModel
-from studio.workflows.batch.jobs import Batch, Job
+from studio.media.files import write_json_atomic
+from studio.stack.schema import MAX_SEED, StrictModel
+from studio.workflows.batch.jobs import Batch
 
 __all__ = ["STATE_FILE", "BatchState", "JobState", "StateFile", "batch_lock"]
 
@@ -160,7 +160,9 @@ class StateFile:
             job_id, status="running", attempts=job.attempts + 1, started=_now(), worker=worker, error=None
         )
 
-    def mark_done(self, job_id: str, *, video: Path, sidecar: Path, start_image: Path, file_reads: int, seconds: float):
+    def mark_done(
+        self, job_id: str, *, video: Path, sidecar: Path, start_image: Path, file_reads: int, seconds: float
+    ):
         return self.update(
             job_id,
             status="done",

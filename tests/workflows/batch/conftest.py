@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.models import resolve_model
+from studio.models.registry import resolve_model
 
 TINY = {"width": 32, "height": 32, "frames": 1, "steps": 1}  # the fastest render the demo model makes
 

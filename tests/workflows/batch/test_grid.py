@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from studio.errors import ValidationError
-from studio.media import probe_video, read_video_metadata
+from studio.media.probe import probe_video, read_video_metadata
 from studio.service import Studio
-from studio.stack import RenderSettings, Stack, StackEntry
+from studio.stack.schema import RenderSettings, Stack, StackEntry
 from studio.workflows.batch.grid import (
     BACKGROUND,
     EMPTY_CELL,
@@ -34,7 +34,10 @@ from studio.workflows.batch.runner import InProcess, run_batch
     [
         ("seed=1,2,3", {"kind": "seed", "values": [1, 2, 3]}),
         ("steps = 4, 8", {"kind": "steps", "values": [4, 8]}),
-        ("style=0.4,0.7,1.0", {"kind": "weight", "lora": "style", "expert": "both", "values": [0.4, 0.7, 1.0]}),
+        (
+            "style=0.4,0.7,1.0",
+            {"kind": "weight", "lora": "style", "expert": "both", "values": [0.4, 0.7, 1.0]},
+        ),
         ("char@low=0.8,1.2", {"kind": "weight", "lora": "char", "expert": "low", "values": [0.8, 1.2]}),
         ("lora:seed=0.5", {"kind": "weight", "lora": "seed", "expert": "both", "values": [0.5]}),
     ],
@@ -54,7 +57,9 @@ def test_bad_axes_are_sentences(text, message):
 
 def _stack(tmp_path):
     a, b = tmp_path / "style.safetensors", tmp_path / "char.safetensors"
-    return Stack(entries=[StackEntry.single(a, 1.0, name="style"), StackEntry.single(b, 0.0, 1.0, name="char")])
+    return Stack(
+        entries=[StackEntry.single(a, 1.0, name="style"), StackEntry.single(b, 0.0, 1.0, name="char")]
+    )
 
 
 def test_the_cells_share_the_image_and_one_seed_and_differ_only_in_the_axes(tmp_path, start_image):
@@ -66,14 +71,26 @@ def test_the_cells_share_the_image_and_one_seed_and_differ_only_in_the_axes(tmp_
     assert [j.id for j in batch.jobs] == ["r1c1", "r1c2", "r2c1", "r2c2", "r3c1", "r3c2"]
     assert len({j.settings.seed for j in batch.jobs}) == 1 and batch.jobs[0].settings.seed is not None
     assert {j.image for j in batch.jobs} == {(tmp_path / "start.png").resolve()}
-    weights = [(j.stack.entries[0].weight_high, j.stack.entries[0].weight_low, j.stack.entries[1].weight_low) for j in batch.jobs]
-    assert weights == [(0.4, 0.4, 0.8), (0.4, 0.4, 1.2), (0.7, 0.7, 0.8), (0.7, 0.7, 1.2), (1.0, 1.0, 0.8), (1.0, 1.0, 1.2)]
+    weights = [
+        (j.stack.entries[0].weight_high, j.stack.entries[0].weight_low, j.stack.entries[1].weight_low)
+        for j in batch.jobs
+    ]
+    assert weights == [
+        (0.4, 0.4, 0.8),
+        (0.4, 0.4, 1.2),
+        (0.7, 0.7, 0.8),
+        (0.7, 0.7, 1.2),
+        (1.0, 1.0, 0.8),
+        (1.0, 1.0, 1.2),
+    ]
     assert batch.jobs[3].labels == {"row": "0.7", "col": "1.2"}
     assert batch.jobs[3].scene == "style weight (both experts) 0.7 × char weight (low-noise) 1.2"
     # The same grid again gets the same seed (so a re-run resumes), a seed axis varies only the seed.
     again = grid_batch(tmp_path / "start.png", settings, stack, rows, cols, model="demo")
     assert [j.fingerprint for j in again.jobs] == [j.fingerprint for j in batch.jobs]
-    seeds = grid_batch(tmp_path / "start.png", settings, stack, parse_axis("seed=5,6"), parse_axis("steps=1,3"))
+    seeds = grid_batch(
+        tmp_path / "start.png", settings, stack, parse_axis("seed=5,6"), parse_axis("steps=1,3")
+    )
     assert [(j.settings.seed, j.settings.steps) for j in seeds.jobs] == [(5, 1), (5, 3), (6, 1), (6, 3)]
 
 
@@ -91,7 +108,9 @@ def test_the_cells_share_the_image_and_one_seed_and_differ_only_in_the_axes(tmp_
 def test_axes_that_do_not_fit_the_stack(tmp_path, start_image, rows, cols, message):
     start_image.save(tmp_path / "start.png")
     with pytest.raises(ValidationError, match=message):
-        grid_batch(tmp_path / "start.png", RenderSettings(), _stack(tmp_path), parse_axis(rows), parse_axis(cols))
+        grid_batch(
+            tmp_path / "start.png", RenderSettings(), _stack(tmp_path), parse_axis(rows), parse_axis(cols)
+        )
 
 
 def test_layout_scales_tiny_cells_up_and_big_grids_down():
@@ -107,8 +126,16 @@ def test_layout_scales_tiny_cells_up_and_big_grids_down():
 
 def test_the_canvas_puts_each_cell_in_place_under_its_labels():
     colours = [[(200, 30, 30), (30, 200, 30)], [(30, 30, 200), None]]
-    cells = [[np.full((3 if c == 0 else 1, 32, 48, 3), col, np.uint8) if col else None for c, col in enumerate(row)] for row in colours]
-    canvas, layout = grid_canvas(cells, ["row one", "row two"], ["left", "right"], "rows axis", "columns axis")
+    cells = [
+        [
+            np.full((3 if c == 0 else 1, 32, 48, 3), col, np.uint8) if col else None
+            for c, col in enumerate(row)
+        ]
+        for row in colours
+    ]
+    canvas, layout = grid_canvas(
+        cells, ["row one", "row two"], ["left", "right"], "rows axis", "columns axis"
+    )
     assert canvas.shape == (3, layout.height, layout.width, 3)
     assert (layout.cell_w, layout.cell_h) == (192, 128)
     for r in range(2):
@@ -116,7 +143,10 @@ def test_the_canvas_puts_each_cell_in_place_under_its_labels():
             x, y = layout.cell_origin(r, c)
             region = canvas[:, y : y + layout.cell_h, x : x + layout.cell_w]
             expected = colours[r][c] or EMPTY_CELL
-            assert (region == np.array(expected, np.uint8)).all(), (r, c)  # shorter cells hold their last frame
+            assert (region == np.array(expected, np.uint8)).all(), (
+                r,
+                c,
+            )  # shorter cells hold their last frame
     # The labels: the column values over their columns, the row values left of their rows, both titles on top.
     band = canvas[0]
 
@@ -137,7 +167,9 @@ def test_the_canvas_puts_each_cell_in_place_under_its_labels():
 
 def test_the_mp4_has_the_layouts_size_and_the_labels_in_its_metadata(tmp_path):
     cells = [[np.full((2, 32, 32, 3), 90, np.uint8)] * 3] * 2
-    video, layout = compose_grid(cells, ["a", "b"], ["1", "2", "3"], "style", "seed", tmp_path / "grid.mp4", fps=8)
+    video, layout = compose_grid(
+        cells, ["a", "b"], ["1", "2", "3"], "style", "seed", tmp_path / "grid.mp4", fps=8
+    )
     info = probe_video(video)
     assert (info.width, info.height, info.frames) == (layout.width, layout.height, 2)
     meta = read_video_metadata(video)
@@ -156,7 +188,12 @@ def test_a_grid_renders_as_a_batch_and_composes_one_video(settings, make_lora, s
     summary = run_batch(batch, tmp_path / "grid", InProcess(studio))
     assert summary.complete
     records = {j.id: json.loads((tmp_path / "grid" / j.sidecar).read_text()) for j in summary.state.jobs}
-    assert {k: r["settings"]["seed"] for k, r in records.items()} == {"r1c1": 9, "r1c2": 10, "r2c1": 9, "r2c2": 10}
+    assert {k: r["settings"]["seed"] for k, r in records.items()} == {
+        "r1c1": 9,
+        "r1c2": 10,
+        "r2c1": 9,
+        "r2c2": 10,
+    }
     assert [r["weight"] for r in records["r2c1"]["loras"]] == [1.0, 1.0] and records["r1c1"]["loras"] == []
     assert [r["lora_file_reads"] for r in records.values()] == [0, 0, 1, 0]  # the file is read once
     video, layout = grid_video(batch, summary, rows, cols, stack)

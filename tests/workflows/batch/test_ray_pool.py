@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 
 from studio.errors import ValidationError
-from studio.media import read_frames
+from studio.media.probe import read_frames
 from studio.service import Studio
 from studio.settings import Settings
 from studio.workflows.batch.ray_pool import INSTALL_HINT, RayPool, import_ray
@@ -38,13 +39,22 @@ def folder(tmp_path_factory, demo_transformer_config, start_image) -> Path:
     root = tmp_path_factory.mktemp("ray-batch")
     (root / "loras").mkdir()
     for name, seed in (("a", 1), ("b", 2)):
-        write_lora(root / "loras" / f"{name}.safetensors", make_lora_tensors(demo_transformer_config, seed=seed, scale=0.3))
+        write_lora(
+            root / "loras" / f"{name}.safetensors",
+            make_lora_tensors(demo_transformer_config, seed=seed, scale=0.3),
+        )
     start_image.save(root / "start.png")
     a, b = {"path": "a.safetensors"}, {"path": "b.safetensors", "applies_to": "low_noise"}
     scenes = [
         {"name": "one", "image": "start.png", "prompt": "one", "seed": 1, "loras": [{**a, "weight": 0.5}]},
         {"name": "two", "image": "start.png", "prompt": "two", "seed": 2, "loras": [{**a, "weight": 1.0}]},
-        {"name": "three", "image": "start.png", "prompt": "three", "seed": 3, "loras": [a, {**b, "weight": 0.8}]},
+        {
+            "name": "three",
+            "image": "start.png",
+            "prompt": "three",
+            "seed": 3,
+            "loras": [a, {**b, "weight": 0.8}],
+        },
         {"name": "four", "image": "start.png", "prompt": "four", "seed": 4, "loras": [b]},
     ]
     doc = {"kind": "wan-lora-studio/scenes", "version": 1, "defaults": TINY, "scenes": scenes}
@@ -54,15 +64,19 @@ def folder(tmp_path_factory, demo_transformer_config, start_image) -> Path:
 
 @pytest.fixture(scope="module")
 def batch_settings(folder, studio_cache, demo_model_dir) -> Settings:
-    return Settings(lora_dirs=(folder / "loras",), outputs_dir=folder / "outputs", cache_dir=studio_cache, model="demo")
+    return Settings(
+        lora_dirs=(folder / "loras",), outputs_dir=folder / "outputs", cache_dir=studio_cache, model="demo"
+    )
 
 
 @pytest.fixture(scope="module")
 def batch(folder, batch_settings):
-    from studio.models import resolve_model
+    from studio.models.registry import resolve_model
 
     defaults = resolve_model("demo").defaults.settings_values()
-    return load_batch(folder / "scenes.json", model_defaults=defaults, roots=batch_settings.resolved_lora_dirs())
+    return load_batch(
+        folder / "scenes.json", model_defaults=defaults, roots=batch_settings.resolved_lora_dirs()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +123,9 @@ def test_two_workers_render_the_same_videos_as_this_process(pool, batch, folder,
         assert np.array_equal(frames[job_id], expected), job_id
     records = [json.loads((folder / "ray" / j.sidecar).read_text()) for j in summary.state.jobs]
     assert [r["settings"]["seed"] for r in records] == [1, 2, 3, 4]
-    assert all(r["lora_file_reads"] >= 0 for r in records) and {r["kind"] for r in records} == {"wan-lora-studio/render"}
+    assert all(r["lora_file_reads"] >= 0 for r in records) and {r["kind"] for r in records} == {
+        "wan-lora-studio/render"
+    }
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -148,15 +164,19 @@ def test_a_worker_killed_mid_scene_loses_nothing(pool, batch, folder, reference)
 
 
 def test_without_ray_workers_say_how_to_install_it(monkeypatch, tmp_path, capsys):
-    from studio.cli import main
+    from studio.cli.main import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
-    with pytest.raises(ValidationError, match="pip install 'ray>=2.60'"):
+    with pytest.raises(ValidationError, match=re.escape("pip install 'ray>=2.60'")):
         import_ray()
     scenes = tmp_path / "scenes.json"
     Image.new("RGB", (32, 32)).save(tmp_path / "s.png")
     scenes.write_text(
-        json.dumps({"kind": "wan-lora-studio/scenes", "version": 1, "scenes": [{"name": "a", "image": "s.png"}]})
+        json.dumps(
+            {"kind": "wan-lora-studio/scenes", "version": 1, "scenes": [{"name": "a", "image": "s.png"}]}
+        )
     )
-    assert main(["batch", str(scenes), "--out", str(tmp_path / "out"), "--model", "demo", "--workers", "2"]) == 2
+    assert (
+        main(["batch", str(scenes), "--out", str(tmp_path / "out"), "--model", "demo", "--workers", "2"]) == 2
+    )
     assert INSTALL_HINT in capsys.readouterr().err

@@ -74,7 +74,9 @@ def test_four_scenes_share_and_swap_loras_reading_only_the_files_that_changed(
     assert reads == [1, 0, 1, 0]  # a weight change and a removal read nothing
     records = [json.loads((out / j.sidecar).read_text()) for j in summary.state.jobs]
     assert [r["lora_file_reads"] for r in records] == reads
-    weights = [sorted((lr["expert"], Path(lr["file"]).name, lr["weight"]) for lr in r["loras"]) for r in records]
+    weights = [
+        sorted((lr["expert"], Path(lr["file"]).name, lr["weight"]) for lr in r["loras"]) for r in records
+    ]
     assert weights == [
         [("high", "a.safetensors", 0.5), ("low", "a.safetensors", 0.5)],
         [("high", "a.safetensors", 0.9), ("low", "a.safetensors", 0.9)],
@@ -93,7 +95,13 @@ def test_a_failing_scene_in_the_middle_is_marked_and_the_batch_goes_on(
 ):
     make_lora("a.safetensors", seed=1)
     scenes = [
-        {"name": f"s{i}", "image": "images/start.png", "prompt": f"p{i}", "seed": i, "loras": [{"path": "a.safetensors"}]}
+        {
+            "name": f"s{i}",
+            "image": "images/start.png",
+            "prompt": f"p{i}",
+            "seed": i,
+            "loras": [{"path": "a.safetensors"}],
+        }
         for i in range(4)
     ]
     scenes[1]["loras"] = [{"path": "missing.safetensors", "name": "Gone"}]
@@ -161,7 +169,9 @@ def test_sigkill_mid_scene_then_rerun_renders_each_scene_once_and_leaves_no_part
     env = {**os.environ, "STUDIO_CACHE": str(studio_cache), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "studio", "batch", str(path), "--out", str(out), "--model", "demo",
            "--lora-dir", str(lora_dir)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
     lines = []
     try:
         for line in proc.stderr:
@@ -184,7 +194,12 @@ def test_sigkill_mid_scene_then_rerun_renders_each_scene_once_and_leaves_no_part
     assert _files(out) == [*_outputs("01-s0", "02-s1", "03-s2", "04-s3"), STATE_FILE]  # no partial file
     assert {name: (out / name).stat().st_mtime_ns for name in first} == first
     state = json.loads((out / STATE_FILE).read_text())
-    assert [(j["status"], j["attempts"]) for j in state["jobs"]] == [("done", 1), ("done", 2), ("done", 1), ("done", 1)]
+    assert [(j["status"], j["attempts"]) for j in state["jobs"]] == [
+        ("done", 1),
+        ("done", 2),
+        ("done", 1),
+        ("done", 1),
+    ]
     for i, job in enumerate(state["jobs"]):
         record = json.loads((out / job["sidecar"]).read_text())
         assert (record["settings"]["prompt"], record["settings"]["seed"]) == (f"p{i}", i)

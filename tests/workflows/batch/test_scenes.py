@@ -7,8 +7,7 @@ import json
 import pytest
 
 from studio.errors import ValidationError
-from studio.presets import PresetSettings, PresetStore
-from studio.stack import Stack, StackEntry
+from studio.stack.schema import Stack, StackEntry
 from studio.workflows.batch.scenes import (
     SceneFile,
     items_from_stack,
@@ -17,9 +16,13 @@ from studio.workflows.batch.scenes import (
     parse_scene_file,
     resolve_scenes,
 )
+from studio.workflows.presets.schema import PresetSettings
+from studio.workflows.presets.store import PresetStore
 
 
-def test_jobs_in_order_with_settings_merged_model_then_defaults_then_scene(write_scenes, make_lora, lora_dir, demo_defaults):
+def test_jobs_in_order_with_settings_merged_model_then_defaults_then_scene(
+    write_scenes, make_lora, lora_dir, demo_defaults
+):
     make_lora("style.safetensors", seed=1)
     path = write_scenes(
         [
@@ -39,7 +42,12 @@ def test_jobs_in_order_with_settings_merged_model_then_defaults_then_scene(write
     assert first.settings.prompt == "walks" and third.settings.prompt == "smiles"
     assert first.image == (path.parent / "images" / "start.png").resolve()
     entry = first.stack.entries[0]
-    assert (entry.weight_high, entry.weight_low, entry.high.path, entry.low) == (0.8, 0.0, "style.safetensors", None)
+    assert (entry.weight_high, entry.weight_low, entry.high.path, entry.low) == (
+        0.8,
+        0.0,
+        "style.safetensors",
+        None,
+    )
     assert third.stack == Stack()
     # The fingerprint covers what makes the video: same scene, other seed → another fingerprint.
     assert len({first.fingerprint, second.fingerprint, third.fingerprint}) == 3
@@ -73,15 +81,29 @@ def test_a_preset_by_name_brings_its_stack_and_settings_under_the_scene_settings
         ({"seed": -1}, r"scene 2 \('second'\): seed: seed must be between 0"),
         ({"repeat": 0}, r"scene 2 \('second'\): repeat: Input should be greater than or equal to 1"),
         ({"image": "images/nothere.png"}, r"scene 2 \('second'\): image: .*nothere.png was not found"),
-        ({"loras": [{"path": "a.safetensors", "applies_to": "middle"}]}, r"scene 2 \('second'\): loras: .*applies_to"),
-        ({"loras": [{"file": "a.safetensors"}]}, r"scene 2 \('second'\): loras: .*file: is not a known field"),
+        (
+            {"loras": [{"path": "a.safetensors", "applies_to": "middle"}]},
+            r"scene 2 \('second'\): loras: .*applies_to",
+        ),
+        (
+            {"loras": [{"file": "a.safetensors"}]},
+            r"scene 2 \('second'\): loras: .*file: is not a known field",
+        ),
         ({"loras": [], "preset": "x"}, r"scene 2 \('second'\): give either 'loras' or 'preset', not both"),
-        ({"preset": "No such preset"}, r"scene 2 \('second'\): preset: There is no preset named 'No such preset'"),
-        ({"loras": [{"path": "a.safetensors", "schedule": [1, 0]}]}, r"scene 2 \('second'\): loras.0.schedule: "),
+        (
+            {"preset": "No such preset"},
+            r"scene 2 \('second'\): preset: There is no preset named 'No such preset'",
+        ),
+        (
+            {"loras": [{"path": "a.safetensors", "schedule": [1, 0]}]},
+            r"scene 2 \('second'\): loras.0.schedule: ",
+        ),
         ({"name": "First"}, "two scenes are named 'First'"),
     ],
 )
-def test_every_error_names_the_scene_and_the_field(write_scenes, demo_defaults, lora_dir, tmp_path, scene, message):
+def test_every_error_names_the_scene_and_the_field(
+    write_scenes, demo_defaults, lora_dir, tmp_path, scene, message
+):
     good = {"name": "first", "image": "images/start.png"}
     second = {"name": "second", "image": "images/start.png", **scene}
     path = write_scenes([good, second])
@@ -96,10 +118,19 @@ def test_every_error_names_the_scene_and_the_field(write_scenes, demo_defaults, 
         ("{", "not valid JSON"),
         ("[]", "must be a JSON object"),
         ('{"kind": "wan-lora-studio/preset", "scenes": []}', "is not a scene file"),
-        ('{"kind": "wan-lora-studio/scenes", "version": 2, "scenes": []}', "version 2; this studio reads version 1"),
+        (
+            '{"kind": "wan-lora-studio/scenes", "version": 2, "scenes": []}',
+            "version 2; this studio reads version 1",
+        ),
         ('{"kind": "wan-lora-studio/scenes", "version": 1, "scene": []}', "scene: is not a known field"),
-        ('{"kind": "wan-lora-studio/scenes", "version": 1, "defaults": {"frames": 2}}', "defaults.frames: must be 4k"),
-        ('{"kind": "wan-lora-studio/scenes", "version": 1, "scenes": [{"image": "a.png"}]}', "scene 1: name: is required"),
+        (
+            '{"kind": "wan-lora-studio/scenes", "version": 1, "defaults": {"frames": 2}}',
+            "defaults.frames: must be 4k",
+        ),
+        (
+            '{"kind": "wan-lora-studio/scenes", "version": 1, "scenes": [{"image": "a.png"}]}',
+            "scene 1: name: is required",
+        ),
     ],
 )
 def test_file_level_errors(text, message):
@@ -121,13 +152,21 @@ def test_a_damaged_start_image_is_a_bad_file(write_scenes, scene_dir, demo_defau
         load_batch(path, model_defaults=demo_defaults)
 
 
-def test_lora_paths_are_relative_to_a_lora_folder_or_the_scene_file(write_scenes, scene_dir, make_lora, lora_dir, demo_defaults):
+def test_lora_paths_are_relative_to_a_lora_folder_or_the_scene_file(
+    write_scenes, scene_dir, make_lora, lora_dir, demo_defaults
+):
     from studio.loras.sources import resolve_source
 
     make_lora("style.safetensors")
     (scene_dir / "local.safetensors").write_bytes((lora_dir / "style.safetensors").read_bytes())
     path = write_scenes(
-        [{"name": "a", "image": "images/start.png", "loras": [{"path": "style.safetensors"}, {"path": "local.safetensors"}]}]
+        [
+            {
+                "name": "a",
+                "image": "images/start.png",
+                "loras": [{"path": "style.safetensors"}, {"path": "local.safetensors"}],
+            }
+        ]
     )
     (job,) = load_batch(path, model_defaults=demo_defaults, roots=[lora_dir]).jobs
     roots = [lora_dir, scene_dir.resolve()]
@@ -135,7 +174,9 @@ def test_lora_paths_are_relative_to_a_lora_folder_or_the_scene_file(write_scenes
     assert found == [(lora_dir / "style.safetensors").resolve(), (scene_dir / "local.safetensors").resolve()]
 
 
-def test_items_from_a_stack_round_trip_through_the_guide_parser(write_scenes, make_lora, lora_dir, demo_defaults):
+def test_items_from_a_stack_round_trip_through_the_guide_parser(
+    write_scenes, make_lora, lora_dir, demo_defaults
+):
     a, b, c = (make_lora(f"{n}.safetensors", seed=i) for i, n in enumerate("abc"))
     stack = Stack(
         entries=[
@@ -172,4 +213,6 @@ def test_the_file_form_round_trips(write_scenes, scene_dir):
     loaded = load_scene_file(path)
     assert parse_scene_file(loaded.to_json()) == loaded
     data = json.loads(loaded.to_json())
-    assert data["scenes"] == [{"name": "a", "image": "images/start.png", "prompt": "", "settings": {"fps": 8}, "seed": 3}]
+    assert data["scenes"] == [
+        {"name": "a", "image": "images/start.png", "prompt": "", "settings": {"fps": 8}, "seed": 3}
+    ]

@@ -47,7 +47,10 @@ def test_a_new_state_lists_every_job_pending_and_keeps_the_seeds_it_drew(batch_o
     batch = batch_of("a", "b")
     out = tmp_path / "out"
     sf = StateFile.open(out, batch)
-    assert [(j.id, j.status, j.stem) for j in sf.state.jobs] == [("01-s0", "pending", "01-s0"), ("02-s1", "pending", "02-s1")]
+    assert [(j.id, j.status, j.stem) for j in sf.state.jobs] == [
+        ("01-s0", "pending", "01-s0"),
+        ("02-s1", "pending", "02-s1"),
+    ]
     on_disk = json.loads((out / STATE_FILE).read_text())
     assert on_disk["kind"] == "wan-lora-studio/batch-state" and len(on_disk["jobs"]) == 2
     seeds = [j.seed for j in sf.state.jobs]
@@ -111,14 +114,16 @@ def test_a_damaged_state_file_is_a_sentence(batch_of, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / STATE_FILE).write_text("{not json")
-    with pytest.raises(ValidationError, match="is damaged. Move it away"):
+    with pytest.raises(ValidationError, match=r"is damaged\. Move it away"):
         StateFile.open(out, batch_of("a"))
 
 
 def test_one_run_per_folder(tmp_path):
-    with batch_lock(tmp_path / "out"):
-        with pytest.raises(ValidationError, match="Another batch is rendering into"):
-            with batch_lock(tmp_path / "out"):
-                pass
+    with (
+        batch_lock(tmp_path / "out"),
+        pytest.raises(ValidationError, match="Another batch is rendering into"),
+        batch_lock(tmp_path / "out"),
+    ):
+        pass
     with batch_lock(tmp_path / "out"):  # released when the first run ends
         pass
