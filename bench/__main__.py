@@ -1,4 +1,4 @@
-"""``python -m bench``: benchmarks 1–6 and 8 (the stack doctor) in order, each table, then one combined ``key=value`` line.
+"""``python -m bench``: benchmarks 1–6, 8 (the stack doctor) and 9 (batches) in order, each table, then one combined ``key=value`` line.
 
 The GPU check (7) runs on its own: ``bench/gpu_check.sh WHEELS_DIR`` (see bench/README.md).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from bench import add_lora, cold_start, common, doctor, fuse, memory, per_step, weight_change
+from bench import add_lora, batch, cold_start, common, doctor, fuse, memory, per_step, weight_change
 from bench.context import Context
 from bench.subjects import BLOCK_TRUE
 
@@ -20,6 +20,8 @@ TARGETS = {
     "unfused4_overhead": 0.15,
     "rss_growth": 0.05,
     "doctor_s": 1.0,
+    "scene_switch_ratio": 3.0,
+    "ray_overhead": 0.15,
 }
 MAIN_KEYS = (
     "weight_change_ratio",
@@ -29,6 +31,8 @@ MAIN_KEYS = (
     "unfused4_overhead",
     "rss_growth",
     "doctor_s",
+    "scene_switch_ratio",
+    "ray_overhead",
     "cold_start_s",
     "first_render_s",
 )
@@ -47,7 +51,7 @@ def main() -> None:
             keys.update(found)
             common.emit(text)
         ctx.drop(BLOCK_TRUE)
-        for module in (memory, cold_start):
+        for module in (memory, cold_start, batch):
             text, found = module.run(ctx)
             keys.update(found)
             common.emit(text)

@@ -124,7 +124,7 @@ def cmd_batch(args) -> int:
         path.parent,
         model_defaults=spec.defaults.settings_values(),
         roots=settings.resolved_lora_dirs(),
-        presets=PresetStore.forstudio_settings(settings),
+        presets=PresetStore.for_settings(settings),
         model=spec.name,
         source=path,
     )
