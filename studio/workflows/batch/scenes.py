@@ -38,9 +38,9 @@ from pydantic import ValidationError as PydanticValidationError
 
 from studio.errors import ValidationError
 from studio.media.images import load_start_image
-from studio.stack.schema import MAX_SEED, RenderSettings, Stack, StackEntry, StrictModel
+from studio.stack.schema import MAX_SEED, RenderSettings, Stack, StrictModel
 from studio.workflows.batch.jobs import Batch, Job, file_sha256, fingerprint, job_id
-from studio.workflows.presets.formats import preset_from_data
+from studio.workflows.presets.formats import GuideLora, preset_from_data
 from studio.workflows.presets.paths import relative_source
 from studio.workflows.presets.schema import PresetSettings, load_preset
 from studio.workflows.presets.store import PresetStore
@@ -222,41 +222,23 @@ def load_scene_file(path: str | Path) -> SceneFile:
 def _stack_from_items(
     items: list[dict[str, Any]], roots: Sequence[Path], where: str
 ) -> tuple[Stack, list[str]]:
-    """The guide-style items as a stack (the preset import's parser), schedules passed on."""
+    """The guide-style items as a stack, read by the preset import's parser (schedules included, where it has them)."""
     if not items:
         return Stack(), []
-    plain, schedules = [], []
-    for item in items:
-        item = dict(item) if isinstance(item, dict) else item
-        schedules.append(item.pop("schedule", None) if isinstance(item, dict) else None)
-        plain.append(item)
+    if "schedule" not in GuideLora.model_fields:  # a studio without per-step schedules
+        for k, item in enumerate(items):
+            if isinstance(item, dict) and item.get("schedule") is not None:
+                raise ValidationError(
+                    f"{where}: loras.{k}.schedule: per-step schedules are not supported by this version of the "
+                    "studio; remove the field (the LoRA then keeps its weight for every step)."
+                )
+        items = [{k: v for k, v in i.items() if k != "schedule"} if isinstance(i, dict) else i for i in items]
     try:
-        result = preset_from_data(plain, roots=roots, name="scene")
+        result = preset_from_data(items, roots=roots, name="scene")
         stack = result.preset.to_stack().stack
     except ValidationError as exc:
         raise ValidationError(f"{where}: loras: {exc}") from None
-    if any(s is not None for s in schedules):
-        stack = _with_schedules(stack, schedules, where)
     return stack, [f"{where}: {note}" for note in result.notes]
-
-
-def _with_schedules(stack: Stack, schedules: list[Any], where: str) -> Stack:
-    if "schedule" not in StackEntry.model_fields:
-        k = next(i for i, s in enumerate(schedules) if s is not None)
-        raise ValidationError(
-            f"{where}: loras.{k}.schedule: per-step schedules are not supported by this version of the "
-            "studio; remove the field (the LoRA then keeps its weight for every step)."
-        )
-    entries = []
-    for k, (entry, schedule) in enumerate(zip(stack.entries, schedules, strict=True)):
-        if schedule is not None:
-            try:
-                entry = StackEntry.model_validate({**entry.model_dump(), "schedule": schedule})
-            except PydanticValidationError as exc:
-                message = "; ".join(clean_message(e) for e in exc.errors())
-                raise ValidationError(f"{where}: loras.{k}.schedule: {message}.") from None
-        entries.append(entry)
-    return Stack(entries=entries)
 
 
 def _preset_stack(name: str, base_dir: Path, roots: Sequence[Path], presets: PresetStore | None, where: str):
@@ -379,13 +361,20 @@ def load_batch(
 
 
 def items_from_stack(stack: Stack, roots: Sequence[Path] = ()) -> list[dict[str, Any]]:
-    """A stack as guide-style items: one per file and weight (a pair or unequal weights give two)."""
+    """A stack as guide-style items: one per file and weight (a pair, unequal weights or schedules give two)."""
     items: list[dict[str, Any]] = []
     for entry in stack.active():
         experts = entry.applies_to()
         sources = {e: entry.source(e) for e in experts}
+        dumped = entry.model_dump(mode="json")
+        schedules = {
+            e: dumped.get(f"schedule_{e}") for e in experts
+        }  # per-step schedules, where the stack has them
         same = (
-            len(experts) == 2 and sources["high"] == sources["low"] and entry.weight_high == entry.weight_low
+            len(experts) == 2
+            and sources["high"] == sources["low"]
+            and entry.weight_high == entry.weight_low
+            and schedules["high"] == schedules["low"]
         )
         groups = (
             [("both", "high")]
@@ -400,12 +389,13 @@ def items_from_stack(stack: Stack, roots: Sequence[Path] = ()) -> list[dict[str,
                     "download it and add the local file instead."
                 )
             relative = relative_source(source, roots)
-            items.append(
-                {
-                    "path": relative.path,
-                    "name": entry.name,
-                    "weight": entry.weight(expert),
-                    "applies_to": applies_to,
-                }
-            )
+            item = {
+                "path": relative.path,
+                "name": entry.name,
+                "weight": entry.weight(expert),
+                "applies_to": applies_to,
+            }
+            if schedules[expert] is not None:
+                item["schedule"] = schedules[expert]
+            items.append(item)
     return items
