@@ -1,4 +1,4 @@
-"""8. Batches: switching scenes, and what a Ray worker costs over rendering in this process.
+"""9. Batches: switching scenes, and what a Ray worker costs over rendering in this process.
 
 - ``scene_switch_ratio``: two scenes of a scene file (resolved by the studio's scene parser),
   the second with one new rank-64 LoRA on top of the first's; the time the manager takes to
@@ -30,7 +30,7 @@ from bench.add_lora import read_bytes
 from bench.context import Context, standalone
 from bench.subjects import WAN13, lora_file
 
-TITLE = "8. Batches: scene switch (Wan2.1 1.3B shape) and Ray worker overhead (demo model)"
+TITLE = "9. Batches: scene switch (Wan2.1 1.3B shape) and Ray worker overhead (demo model)"
 # Torch threads for both parts (and for the Ray worker). On the shared 2-core machines here two
 # threads per process mostly measure the neighbours (OpenMP barriers waiting for a descheduled
 # thread: the same in-process batch took 7–41 s against 1.2 s on the worker); one thread does not.
