@@ -22,7 +22,13 @@ def here(tmp_path, monkeypatch, studio_cache, demo_model_dir):
 def scene_file(folder, scenes, start_image, defaults=TINY):
     start_image.save(folder / "start.png")
     path = folder / "scenes.json"
-    doc = {"kind": "wan-lora-studio/scenes", "version": 1, "model": "demo", "defaults": defaults, "scenes": scenes}
+    doc = {
+        "kind": "wan-lora-studio/scenes",
+        "version": 1,
+        "model": "demo",
+        "defaults": defaults,
+        "scenes": scenes,
+    }
     path.write_text(json.dumps(doc))
     return path
 
@@ -30,7 +36,13 @@ def scene_file(folder, scenes, start_image, defaults=TINY):
 def test_batch_renders_every_scene_and_joins_them(here, start_image, make_lora, lora_dir, capsys):
     make_lora("style.safetensors")
     scenes = [
-        {"name": "a", "image": "start.png", "prompt": "one", "seed": 1, "loras": [{"path": "style.safetensors"}]},
+        {
+            "name": "a",
+            "image": "start.png",
+            "prompt": "one",
+            "seed": 1,
+            "loras": [{"path": "style.safetensors"}],
+        },
         {"name": "b", "image": "start.png", "prompt": "two", "seed": 2, "settings": {"frames": 1}},
     ]
     path = scene_file(here, scenes, start_image)
@@ -39,7 +51,9 @@ def test_batch_renders_every_scene_and_joins_them(here, start_image, make_lora, 
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "[1/2] a: rendering on this process · 0 done, 0 failed of 2" in captured.err
-    assert "[2/2] b: done in" in captured.err and "(0 LoRA files read) · 2 done, 0 failed of 2" in captured.err
+    assert (
+        "[2/2] b: done in" in captured.err and "(0 LoRA files read) · 2 done, 0 failed of 2" in captured.err
+    )
     assert "2 of 2 scenes done, 0 failed" in captured.out
     assert probe_video(joined).frames == 6
     parts = json.loads(joined.with_suffix(".json").read_text())
