@@ -9,8 +9,8 @@ call these methods.
 from __future__ import annotations
 
 import contextlib
-import os
 import dataclasses
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -367,7 +367,14 @@ class Studio:
         ``video_path``: the exact MP4 to write (never overwritten), else a fresh name in the outputs folder.
         """
         return self.render_result(
-            image, settings, stack, session=session, fuse=fuse, memory=memory, progress=progress, video_path=video_path
+            image,
+            settings,
+            stack,
+            session=session,
+            fuse=fuse,
+            memory=memory,
+            progress=progress,
+            video_path=video_path,
         )[0]
 
     def render_result(
@@ -387,7 +394,11 @@ class Studio:
         request = RenderRequest(image=image, settings=settings, stack=stack, fuse=fuse)
         result = self._run(request, session, memory, progress)
         line = self.doctor_line(settings, stack, memory, fuse=fuse)
-        where = {"video_path": video_path} if video_path is not None else {"outputs_dir": self.settings.outputs_dir}
+        where = (
+            {"video_path": video_path}
+            if video_path is not None
+            else {"outputs_dir": self.settings.outputs_dir}
+        )
         return save_render(request, result, doctor=line, **where), result
 
     def render_request(

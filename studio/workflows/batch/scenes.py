@@ -361,7 +361,11 @@ def load_batch(
 
 
 def items_from_stack(stack: Stack, roots: Sequence[Path] = ()) -> list[dict[str, Any]]:
-    """A stack as guide-style items: one per file and weight (a pair, unequal weights or schedules give two)."""
+    """A stack as guide-style items: one per file and weight (a pair, unequal weights or schedules give two).
+
+    Like :func:`studio.workflows.presets.formats.to_guide_list` (Hub files as ``owner/name/file``), plus each
+    expert's per-step schedule where the stack has them.
+    """
     items: list[dict[str, Any]] = []
     for entry in stack.active():
         experts = entry.applies_to()
@@ -383,14 +387,9 @@ def items_from_stack(stack: Stack, roots: Sequence[Path] = ()) -> list[dict[str,
         )
         for applies_to, expert in groups:
             source = sources[expert]
-            if source.is_hub:
-                raise ValidationError(
-                    f"{entry.name} comes from the Hub ({source.label()}); a scene lists local files, so "
-                    "download it and add the local file instead."
-                )
-            relative = relative_source(source, roots)
+            path = f"{source.repo}/{source.file}" if source.is_hub else relative_source(source, roots).path
             item = {
-                "path": relative.path,
+                "path": path,
                 "name": entry.name,
                 "weight": entry.weight(expert),
                 "applies_to": applies_to,
