@@ -7,6 +7,8 @@ import pytest
 from pagekit import choose
 from playwright.sync_api import expect
 
+expect.set_options(timeout=20_000)  # these handlers write files; on a shared 2-core machine that takes seconds
+
 from studio.service import Studio
 from studio.settings import Settings
 
@@ -50,7 +52,7 @@ def add_scene(page, prompt: str, seed: int, count: int) -> None:
     page.fill("#seed input", str(seed))
     open_tab(page, "batch")
     page.click("#batch-add")
-    expect(rows(page).filter(has_text=prompt)).to_have_count(1)
+    expect(rows(page).filter(has_text=prompt)).to_have_count(1, timeout=30_000)  # a loaded machine is slow
     expect(rows(page)).to_have_count(count)
     expect(page.locator("#batch-status")).to_contain_text("Added the editor as a scene")
 
