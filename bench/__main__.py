@@ -1,5 +1,5 @@
-"""``python -m bench``: benchmarks 1–6, 8 (the stack doctor), 9 (the training step) and 10 (schedules) in order, each
-table, then one combined ``key=value`` line.
+"""``python -m bench``: benchmarks 1–6, 8 (the stack doctor), 9 (the training step), 10 (schedules) and 11 (batches)
+in order, each table, then one combined ``key=value`` line.
 
 The GPU check (7) runs on its own: ``bench/gpu_check.sh WHEELS_DIR`` (see bench/README.md).
 """
@@ -8,7 +8,19 @@ from __future__ import annotations
 
 import time
 
-from bench import add_lora, cold_start, common, doctor, fuse, memory, per_step, schedule, train, weight_change
+from bench import (
+    add_lora,
+    batch,
+    cold_start,
+    common,
+    doctor,
+    fuse,
+    memory,
+    per_step,
+    schedule,
+    train,
+    weight_change,
+)
 from bench.context import Context
 from bench.subjects import BLOCK_TRUE
 
@@ -24,6 +36,8 @@ TARGETS = {
     "train_step_ratio": 1.15,
     "schedule_step_ratio": 0.01,
     "partial_fuse_overhead": 0.08,
+    "scene_switch_ratio": 3.0,
+    "ray_overhead": 0.15,
 }
 MAIN_KEYS = (
     "weight_change_ratio",
@@ -36,6 +50,8 @@ MAIN_KEYS = (
     "train_step_ratio",
     "schedule_step_ratio",
     "partial_fuse_overhead",
+    "scene_switch_ratio",
+    "ray_overhead",
     "cold_start_s",
     "first_render_s",
 )
@@ -54,7 +70,7 @@ def main() -> None:
             keys.update(found)
             common.emit(text)
         ctx.drop(BLOCK_TRUE)
-        for module in (memory, cold_start, train):
+        for module in (memory, cold_start, train, batch):
             text, found = module.run(ctx)
             keys.update(found)
             common.emit(text)

@@ -9,6 +9,7 @@ call these methods.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Callable
@@ -365,10 +366,21 @@ class Studio:
         fuse: bool = False,
         memory: MemoryConfig | None = None,
         progress: Callable[[StepEvent], None] | None = None,
+        video_path: Path | None = None,
     ) -> SavedRender:
-        """Render and save; ``memory`` switches the memory mode first when it differs (may reload)."""
+        """Render and save; ``memory`` switches the memory mode first when it differs (may reload).
+
+        ``video_path``: the exact MP4 to write (never overwritten), else a fresh name in the outputs folder.
+        """
         return self.render_result(
-            image, settings, stack, session=session, fuse=fuse, memory=memory, progress=progress
+            image,
+            settings,
+            stack,
+            session=session,
+            fuse=fuse,
+            memory=memory,
+            progress=progress,
+            video_path=video_path,
         )[0]
 
     def render_result(
@@ -381,15 +393,50 @@ class Studio:
         fuse: bool = False,
         memory: MemoryConfig | None = None,
         progress: Callable[[StepEvent], None] | None = None,
+        video_path: Path | None = None,
     ) -> tuple[SavedRender, RenderResult]:
         """:meth:`render`, also handing back the manager's result (the decoded frames, for the Python API)."""
+        stack, _ = self.resolve_stack(stack)
+        request = RenderRequest(image=image, settings=settings, stack=stack, fuse=fuse)
+        result = self._run(request, session, memory, progress)
+        line = self.doctor_line(settings, stack, memory, fuse=fuse)
+        where = (
+            {"video_path": video_path}
+            if video_path is not None
+            else {"outputs_dir": self.settings.outputs_dir}
+        )
+        return save_render(request, result, doctor=line, **where), result
+
+    def render_request(
+        self,
+        request: RenderRequest,
+        *,
+        session: str = "cli",
+        memory: MemoryConfig | None = None,
+        progress: Callable[[StepEvent], None] | None = None,
+    ) -> RenderResult:
+        """Run ``request`` on the model, nothing saved (a batch saves it); :meth:`cancel` of ``session`` stops it.
+
+        Hub repo paths in the stack are picked, pinned and downloaded first, as for :meth:`render`.
+        """
+        stack, _ = self.resolve_stack(request.stack)
+        if stack is not request.stack:
+            request = dataclasses.replace(request, stack=stack)
+        return self._run(request, session, memory, progress)
+
+    def _run(
+        self,
+        request: RenderRequest,
+        session: str,
+        memory: MemoryConfig | None,
+        progress: Callable[[StepEvent], None] | None,
+    ) -> RenderResult:
         if memory is not None and memory != self.manager.memory:
             self.manager.configure_memory(memory)
-        stack, _ = self.resolve_stack(stack)
         token = CancelToken()
         with self._tokens_lock:
             self._tokens[session] = token
-            self._steps_run[session] = (0, settings.steps)
+            self._steps_run[session] = (0, request.settings.steps)
 
         def on_step(event: StepEvent) -> None:
             self._steps_run[session] = (event.step, event.total)
@@ -397,10 +444,7 @@ class Studio:
                 progress(event)
 
         try:
-            request = RenderRequest(image=image, settings=settings, stack=stack, fuse=fuse)
-            result = self._render_on_gpu(self.manager, request, on_step, token)
-            line = self.doctor_line(settings, stack, memory, fuse=fuse)
-            return save_render(request, result, outputs_dir=self.settings.outputs_dir, doctor=line), result
+            return self._render_on_gpu(self.manager, request, on_step, token)
         finally:
             with self._tokens_lock:
                 if self._tokens.get(session) is token:

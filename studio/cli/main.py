@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import sys
 
-from studio.cli import compare, dataset, doctor, hub, inspect, models, presets, render, train, vram
+from studio.cli import (
+    batch,
+    compare,
+    dataset,
+    doctor,
+    grid,
+    hub,
+    inspect,
+    models,
+    presets,
+    render,
+    train,
+    vram,
+)
 from studio.cli.common import EXIT_CANCELLED, EXIT_USER_ERROR, Parser
 from studio.errors import RenderCancelled, StudioError
 
-COMMAND_MODULES = (render, presets, compare, models, inspect, hub, vram, doctor, dataset, train)
+COMMAND_MODULES = (render, presets, compare, models, inspect, hub, vram, doctor, dataset, train, batch, grid)
 
 
 def build_parser() -> Parser:

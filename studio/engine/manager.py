@@ -489,6 +489,7 @@ class PipelineManager(SharedModel):
         split = self.split(settings)
         context = StepContext(split.experts)
         auto = not request.fuse and fuse_refusal(self.memory) is None
+        reads_before = self.lora_file_reads
         plan = self.apply_stack(request.stack, fuse=request.fuse, keep_fused=auto, context=context)
         if auto and not self._fused and not self._compile.active:
             constant = self._fusable(plan, context)
@@ -567,6 +568,7 @@ class PipelineManager(SharedModel):
                 {key: str(lora.identity.path) for key, lora in self._loras.items()},
             ),
             fused=fused,
+            file_reads=self.lora_file_reads - reads_before,
         )
 
     def decode(self, latents) -> np.ndarray:

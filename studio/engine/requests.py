@@ -68,6 +68,7 @@ class RenderResult:
     notices: list[str] = field(default_factory=list)  # sentences for the user (compiled mode fallbacks, ...)
     lora_weights_per_step: list[dict[str, Any]] = field(default_factory=list)  # per LoRA and expert
     fused: dict[str, list[str]] = field(default_factory=dict)  # expert -> adapters fused for the render
+    file_reads: int = 0  # LoRA files read to switch to this render's stack (0 for a weight-only change)
 
 
 ProgressFn = Callable[[StepEvent], None]

@@ -58,6 +58,7 @@ def render_record(
         "stack": request.stack.model_dump(mode="json"),
         "fused": request.fuse,
         "loras": result.loras,
+        "lora_file_reads": result.file_reads,
         "start_image": {"file": start_image_file, "sha256": image_sha256(request.image)},
         "experts_per_step": result.experts_per_step,
         # per LoRA and expert: the weight in force at each step (None where the other expert ran)

@@ -24,6 +24,7 @@ from studio.service import Studio
 from studio.stack.schema import Stack
 from studio.ui import handlers as h
 from studio.ui.compare_player import diff_html, message_html, player_html
+from studio.ui.grid_panel import build_grid_panel
 from studio.ui.history_tab import opened_tab, resolve_render
 from studio.ui.refs import EditorRefs
 from studio.workflows.compare import (
@@ -147,6 +148,7 @@ def build_compare_tab(studio: Studio, refs: EditorRefs) -> CompareHandle:
                 "0, 0.5, 1.0", label="Values", elem_id="compare-sweep-values", scale=2, max_lines=1
             )
             sweep_btn = gr.Button("Weight sweep", elem_id="compare-sweep", scale=1)
+    build_grid_panel(studio, refs, stack_entry_choices)
     view = gr.State({"videos": [], "labels": []})
 
     private = {"api_visibility": "private"}

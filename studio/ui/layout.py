@@ -14,6 +14,7 @@ from studio.ui import handlers as h
 from studio.ui import schedule_editor
 from studio.ui import timeline_panel as timeline_view
 from studio.ui.api import register_api
+from studio.ui.batch_tab import build_batch_tab
 from studio.ui.compare_tab import build_compare_tab
 from studio.ui.doctor_panel import badge_slot, doctor_widgets, wire_doctor_panel
 from studio.ui.history_tab import build_history_tab
@@ -222,6 +223,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 compare = build_compare_tab(studio, refs)
             with gr.Tab("Train", id="train", elem_id="tab-train"):
                 build_train_tab(studio, refs, compare)
+            with gr.Tab("Batch", id="batch", elem_id="tab-batch"):
+                build_batch_tab(studio, refs)
 
         # ---------------------------------------------------------------- wiring
         setting_widgets = refs.settings_widgets
