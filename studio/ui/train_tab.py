@@ -217,7 +217,7 @@ def build_train_tab(studio: Studio, refs: EditorRefs, compare: CompareHandle) ->
             h.status(message, kind),
             _frame(form.loss_table(snap)),
             gr.Video(value=latest) if latest else gr.skip(),
-            gr.CheckboxGroup(choices=choices, value=[n for n in chosen or [] if n in names] or names[-2:]),
+            gr.CheckboxGroup(choices=choices, value=_keep_chosen(chosen, names)),
             key,
         )
 
@@ -236,3 +236,10 @@ def build_train_tab(studio: Studio, refs: EditorRefs, compare: CompareHandle) ->
         return (gr.Tabs(selected="compare"), *compare.show(names), gr.skip())
 
     compare_btn.click(to_compare, inputs=[samples], outputs=[refs.tabs, *compare.outputs, status], **PRIVATE)
+
+
+def _keep_chosen(chosen: list[str] | None, names: list[str]) -> list[str]:
+    """The ticked samples after new ones appear: the user's ticks while they name two or more samples,
+    else the newest two (a single early tick must not hide the later checkpoints)."""
+    kept = [n for n in chosen or [] if n in names]
+    return kept if len(kept) >= 2 else names[-2:]

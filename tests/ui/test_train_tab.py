@@ -151,3 +151,11 @@ def _contains(text: str):
     import re
 
     return re.compile(re.escape(text))
+
+
+def test_new_samples_are_ticked_unless_two_or_more_are_chosen():
+    from studio.ui.train_tab import _keep_chosen
+
+    assert _keep_chosen(["a.mp4"], ["a.mp4", "b.mp4"]) == ["a.mp4", "b.mp4"]  # one early tick
+    assert _keep_chosen(["a.mp4", "c.mp4"], ["a.mp4", "b.mp4", "c.mp4"]) == ["a.mp4", "c.mp4"]
+    assert _keep_chosen(None, ["a.mp4", "b.mp4", "c.mp4"]) == ["b.mp4", "c.mp4"]
