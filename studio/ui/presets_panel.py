@@ -19,7 +19,8 @@ from studio.service import Studio
 from studio.stack.schema import RenderSettings
 from studio.ui import handlers as h
 from studio.ui.refs import EditorRefs
-from studio.workflows.presets.schema import PresetExists, Slot
+from studio.workflows.presets.errors import PresetExists
+from studio.workflows.presets.schema import Slot
 from studio.workflows.presets.store import PresetStore
 
 PRIVATE = {"api_visibility": "private"}

@@ -39,6 +39,7 @@ from studio.stack.schema import (
     parse_model,
     read_schedules,
 )
+from studio.workflows.presets.errors import PresetNotFound
 from studio.workflows.presets.paths import check_links, relative_source, relativize_raw
 
 PRESET_KIND = "wan-lora-studio/preset"
@@ -67,25 +68,6 @@ GUIDE_EXPERTS = {
     "high": ("high",),
     "low": ("low",),
 }
-
-
-class PresetExists(ValidationError):
-    """Saving would replace an existing preset: ask the user, then save with ``overwrite=True``."""
-
-    def __init__(self, name: str, path: Path) -> None:
-        self.name = name
-        self.path = path
-        super().__init__(
-            f"A preset named {name!r} already exists ({path.name}). Confirm to replace it, or choose another name."
-        )
-
-
-class PresetReadOnly(ValidationError):
-    """A shipped preset cannot be changed, renamed or deleted (duplicate it instead)."""
-
-
-class PresetNotFound(ValidationError):
-    """No preset of that name (or file)."""
 
 
 # ----------------------------------------------------------------------------- schema

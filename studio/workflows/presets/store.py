@@ -23,6 +23,7 @@ from studio.stack.schema import (
     RenderSettings,
     Stack,
 )
+from studio.workflows.presets.errors import PresetExists, PresetNotFound, PresetReadOnly
 from studio.workflows.presets.formats import ImportResult, preset_from_data, to_guide_list
 from studio.workflows.presets.lset import RunSteps
 from studio.workflows.presets.schema import (
@@ -30,9 +31,6 @@ from studio.workflows.presets.schema import (
     STALE_PARTIAL_S,
     Preset,
     PresetEntry,
-    PresetExists,
-    PresetNotFound,
-    PresetReadOnly,
     PresetSettings,
     Slot,
     load_preset,
