@@ -16,15 +16,13 @@ import pytest
 
 from studio.errors import ValidationError
 from studio.stack.schema import LoraSource, RenderSettings, Stack, StackEntry
+from studio.workflows.presets.errors import PresetExists, PresetNotFound, PresetReadOnly
 from studio.workflows.presets.formats import preset_from_data
 from studio.workflows.presets.schema import (
     PRESET_KIND,
     SHIPPED_DIR,
     SLOT_MESSAGE,
     Preset,
-    PresetExists,
-    PresetNotFound,
-    PresetReadOnly,
     PresetSettings,
     load_preset,
     parse_preset,
