@@ -338,7 +338,7 @@ def build_batch_tab(studio: Studio, refs: EditorRefs) -> None:
         **private,
     )
 
-    def cancel(request: gr.Request):
+    def batch_cancel(request: gr.Request):  # not "cancel": that API name belongs to the public endpoint
         session = h._session(request)
         with lock:
             runner = running.get(session)
@@ -347,7 +347,7 @@ def build_batch_tab(studio: Studio, refs: EditorRefs) -> None:
         runner.cancel()
         return h.status("Cancelling: the running scene goes back to the queue.", "info")
 
-    cancel_btn.click(cancel, outputs=[status], queue=False, **private)
+    cancel_btn.click(batch_cancel, outputs=[status], queue=False, **private)
 
 
 def _presets(studio: Studio) -> PresetStore:

@@ -116,7 +116,7 @@ def build_grid_panel(studio: Studio, refs: EditorRefs, entry_choices) -> None:
         **private,
     )
 
-    def render(
+    def grid_render(  # not "render": that API name belongs to the public endpoint
         image, fuse, state, rk, re_, rx, rv, ck, ce, cx, cv, prompt_v, negative_v, width_v, height_v, frames_v,
         steps_v, guidance_v, guidance_low_v, shift_v, seed_v, fps_v, request: gr.Request, progress=gr.Progress(),
     ):  # fmt: skip
@@ -176,7 +176,7 @@ def build_grid_panel(studio: Studio, refs: EditorRefs, entry_choices) -> None:
         *refs.settings_widgets,
     ]
     event = render_btn.click(
-        render,
+        grid_render,
         inputs=inputs,
         outputs=[video, download, status],
         concurrency_id=GPU_QUEUE,
