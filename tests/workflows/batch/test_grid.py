@@ -181,7 +181,9 @@ def test_a_grid_renders_as_a_batch_and_composes_one_video(settings, make_lora, s
     path = make_lora("style.safetensors", seed=4)
     start_image.save(tmp_path / "start.png")
     stack = Stack(entries=[StackEntry.single(path, 1.0, name="style")])
-    settings_ = RenderSettings(prompt="grid", width=32, height=32, frames=1, steps=1, seed=9)
+    settings_ = RenderSettings(
+        prompt="grid", width=32, height=32, frames=1, steps=4, seed=9
+    )  # both experts run
     rows, cols = parse_axis("style=0,1"), parse_axis("seed=9,10")
     batch = grid_batch(tmp_path / "start.png", settings_, stack, rows, cols, model="demo")
     studio = Studio(settings)

@@ -18,6 +18,7 @@ from studio.service import Studio
 from studio.workflows.batch.runner import BatchRunner, InProcess, run_batch
 from studio.workflows.batch.scenes import load_batch
 from studio.workflows.batch.state import STATE_FILE
+from tests.workflows.batch.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -51,7 +52,8 @@ def test_four_scenes_share_and_swap_loras_reading_only_the_files_that_changed(
             {"name": "a and b", "image": "images/start.png", "prompt": "three", "seed": 1,
              "loras": [{**a, "weight": 0.9}, {**b, "weight": 1.0}]},
             {"name": "b", "image": "images/start.png", "prompt": "four", "seed": 1, "loras": [{**b, "weight": 0.6}]},
-        ]
+        ],
+        defaults={**TINY, "steps": 4},  # both experts run (a LoRA on an expert that runs no step is not read)
     )  # fmt: skip
     batch = load_batch(path, model_defaults=demo_defaults, roots=[lora_dir])
     out = tmp_path / "out"
