@@ -290,11 +290,11 @@ def build_compare_tab(studio: Studio, refs: EditorRefs) -> CompareHandle:
         # Gradio injects the request and the progress tracker by the parameters' defaults and hints.
         def run_kind(
             image, fuse, state, entry_id, expert, values_text, prompt_v, negative_v, width_v, height_v,
-            frames_v, steps_v, guidance_v, guidance_low_v, shift_v, seed_v, fps_v, request: gr.Request,
-            progress=gr.Progress(),
+            frames_v, steps_v, guidance_v, guidance_low_v, shift_v, seed_v, fps_v, high_steps_v,
+            request: gr.Request, progress=gr.Progress(),
         ):  # fmt: skip
             widgets = (prompt_v, negative_v, width_v, height_v, frames_v, steps_v, guidance_v, guidance_low_v,
-                       shift_v, seed_v, fps_v)  # fmt: skip
+                       shift_v, seed_v, fps_v, high_steps_v)  # fmt: skip
             return run(kind, image, fuse, state, entry_id, expert, values_text, widgets, request, progress)
 
         return run_kind

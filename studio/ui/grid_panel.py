@@ -118,11 +118,12 @@ def build_grid_panel(studio: Studio, refs: EditorRefs, entry_choices) -> None:
 
     def grid_render(  # not "render": that API name belongs to the public endpoint
         image, fuse, state, rk, re_, rx, rv, ck, ce, cx, cv, prompt_v, negative_v, width_v, height_v, frames_v,
-        steps_v, guidance_v, guidance_low_v, shift_v, seed_v, fps_v, request: gr.Request, progress=gr.Progress(),
+        steps_v, guidance_v, guidance_low_v, shift_v, seed_v, fps_v, high_steps_v, request: gr.Request,
+        progress=gr.Progress(),
     ):  # fmt: skip
         # Gradio injects the request and the progress tracker by the parameters' hints and defaults.
         widgets = (prompt_v, negative_v, width_v, height_v, frames_v, steps_v, guidance_v, guidance_low_v,
-                   shift_v, seed_v, fps_v)  # fmt: skip
+                   shift_v, seed_v, fps_v, high_steps_v)  # fmt: skip
         try:
             if image is None:
                 raise StudioError("Upload a start image in the Studio tab first.")
