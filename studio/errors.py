@@ -34,11 +34,17 @@ class RenderCancelled(StudioError):
 
     def __init__(
         self,
-        message: str = "The render was cancelled; nothing was written.",
+        message: str | None = None,
         *,
         steps_done: int | None = None,
         total: int | None = None,
     ) -> None:
+        if message is None:
+            message = (
+                f"Render cancelled after step {steps_done} of {total}; nothing was written."
+                if steps_done is not None and total is not None
+                else "The render was cancelled; nothing was written."
+            )
         super().__init__(message)
         self.steps_done = steps_done
         self.total = total

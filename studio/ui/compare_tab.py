@@ -299,15 +299,14 @@ def build_compare_tab(studio: Studio, refs: EditorRefs) -> CompareHandle:
 
         return run_kind
 
-    events = [
+    for button, kind in ((baseline_btn, "baseline"), (loo_btn, "leave-one-out"), (sweep_btn, "sweep")):
         button.click(run_ui(kind), inputs=run_inputs, outputs=run_outputs, **gpu)
-        for button, kind in ((baseline_btn, "baseline"), (loo_btn, "leave-one-out"), (sweep_btn, "sweep"))
-    ]
 
     def compare_cancel(request: gr.Request):  # not "cancel": that API name belongs to the public endpoint
         return h.cancel(studio, request)
 
-    cancel_btn.click(compare_cancel, outputs=[status], cancels=events, queue=False, **private)
+    # no cancels=events: Gradio would hold the click until the renders ended; the token stops them between steps
+    cancel_btn.click(compare_cancel, outputs=[status], queue=False, **private)
 
     # ----------------------------------------------------------------- export
     def export(current: dict):

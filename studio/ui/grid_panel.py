@@ -176,7 +176,7 @@ def build_grid_panel(studio: Studio, refs: EditorRefs, entry_choices) -> None:
         *[w for axis in axes for w in axis],
         *refs.settings_widgets,
     ]
-    event = render_btn.click(
+    render_btn.click(
         grid_render,
         inputs=inputs,
         outputs=[video, download, status],
@@ -188,4 +188,5 @@ def build_grid_panel(studio: Studio, refs: EditorRefs, entry_choices) -> None:
     def grid_cancel(request: gr.Request):
         return h.cancel(studio, request)
 
-    cancel_btn.click(grid_cancel, outputs=[status], cancels=[event], queue=False, **private)
+    # no cancels=[event]: Gradio would hold the click until the grid ended; the token stops it between steps
+    cancel_btn.click(grid_cancel, outputs=[status], queue=False, **private)

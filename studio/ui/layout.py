@@ -241,7 +241,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 studio, request, state, image_value, fuse_value, memory, *values, progress=progress
             )
 
-        render_event = render_btn.click(
+        render_btn.click(
             render_ui,
             inputs=[
                 stack_state,
@@ -268,10 +268,9 @@ def build_app(studio: Studio) -> gr.Blocks:
             cancel_ui,
             inputs=[stack_state, steps, shift, high_steps],
             outputs=[render_status, timeline_plot],
-            cancels=[render_event],
             api_visibility="private",
             queue=False,
-        )
+        )  # no cancels=[render_event]: Gradio holds that until the render has ended; the token stops it between steps
 
         def refresh_library(query):
             choices = h.library_choices(studio)  # rescans the folders
