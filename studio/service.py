@@ -538,6 +538,11 @@ class Studio:
         """(steps run, total) of the session's last or running render, None when it has none."""
         return self._steps_run.get(session)
 
+    def rendering(self, session: str) -> bool:
+        """Whether ``session`` has a render running now."""
+        with self._tokens_lock:
+            return session in self._tokens
+
     # ------------------------------------------------------------ schedules
     def split(self, settings: RenderSettings) -> Split:
         """Which expert runs each step of a render with ``settings`` (real scheduler timesteps, no render)."""

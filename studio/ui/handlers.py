@@ -343,6 +343,20 @@ def settings_for_timeline(steps, shift, high_steps) -> RenderSettings:
     )
 
 
+def last_run_mark(studio: Studio, request: gr.Request | None, steps) -> RunMark | None:
+    """The session's last render marked on the timeline while the step count still matches (so a redraw
+    after an edit keeps showing where it ran or stopped); None while it runs or before the first."""
+    session = _session(request)
+    ran = studio.steps_run(session)
+    try:
+        count = int(steps)
+    except (TypeError, ValueError):
+        return None
+    if ran is None or ran[0] == 0 or ran[1] != count or studio.rendering(session):
+        return None
+    return RunMark(ran[0], ran[1], cancelled=ran[0] < ran[1])
+
+
 def update_timeline(studio: Studio, state, steps, shift, high_steps, mark: RunMark | None = None):
     """(plot, status) for the editor's current stack and settings; the plot is kept on an error."""
     try:
