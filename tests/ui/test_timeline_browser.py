@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pagekit import ENTRY, choose
@@ -138,7 +139,8 @@ def test_a_cancelled_render_shows_where_it_stopped(page, tmp_path, start_image):
     start_image.save(image_path)
     page.set_input_files("#start-image input[type=file]", str(image_path))
     page.click("#render")
-    page.wait_for_selector("#render-status:has-text('Step 1/40')", timeout=240_000)
+    # the progress text shows over the first output (the video), as in test_panels_browser
+    expect(page.locator("#result-video")).to_contain_text(re.compile(r"Step \d+/40"), timeout=240_000)
     page.click("#cancel")
     expect(page.locator("#render-status")).to_contain_text("Render cancelled after step", timeout=120_000)
     fig = wait_figure(page, lambda f: "cancelled here" in f["runs"])
