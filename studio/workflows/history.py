@@ -275,12 +275,14 @@ class History:
             record = self._record(sidecar)
             if record is None:
                 continue
-            found.append((_created(record, sidecar.stat().st_mtime), sidecar, video, record))
-        found.sort(key=lambda item: (item[0], item[1].name), reverse=True)
+            stat = sidecar.stat()
+            found.append((_created(record, stat.st_mtime), stat.st_mtime_ns, sidecar, video, record))
+        # renders of the same second (records keep whole seconds) in the order their sidecars were written
+        found.sort(key=lambda item: (item[0], item[1], item[2].name), reverse=True)
         if limit is not None:
             found = found[:limit]
         entries = []
-        for created, sidecar, video, record in found:
+        for created, _, sidecar, video, record in found:
             entries.append(self._entry(created, sidecar, video, record, thumbnails))
         return entries
 
