@@ -102,20 +102,20 @@ def test_a_render_can_be_cancelled_midway_and_the_next_one_works(page, tmp_path,
     start_image.save(path)
     page.set_input_files("#start-image input[type=file]", str(path))
     for field, value in (
-        ("#width input", "64"),
-        ("#height input", "64"),
-        ("#frames input", "17"),
-        ("#steps input", "150"),
+        ("#width input", "128"),
+        ("#height input", "128"),
+        ("#frames input", "33"),
+        ("#steps input", "200"),  # long enough that it cannot end before the click on a fast machine
     ):
         page.fill(field, value)
     page.click("#render")
-    expect(page.locator("#result-video")).to_contain_text(re.compile(r"Step \d+/150"), timeout=60_000)
+    expect(page.locator("#result-video")).to_contain_text(re.compile(r"Step \d+/200"), timeout=60_000)
     page.click("#cancel")
     expect(page.locator("#render-status")).to_contain_text("cancelled", timeout=30_000)
     assert not list((env["root"] / "outputs").glob("*.mp4"))  # nothing written for the cancelled render
     page.fill("#steps input", "2")
     page.click("#render")
-    expect(page.locator("#render-status")).to_contain_text("Rendered 17 frames", timeout=60_000)
+    expect(page.locator("#render-status")).to_contain_text("Rendered 33 frames", timeout=60_000)
 
 
 def test_save_a_preset_and_load_it_back(page, env, screenshot):
