@@ -271,6 +271,27 @@ class Stack(StrictModel):
         return parse_model(cls, text, "stack")
 
 
+# The render settings a model's defaults give (besides the prompt and seed), in the editor's widget order.
+MODEL_SETTING_FIELDS = (
+    "width",
+    "height",
+    "frames",
+    "steps",
+    "guidance",
+    "guidance_low",
+    "shift",
+    "fps",
+    "negative_prompt",
+)
+
+
+def check_seed(value: int | None) -> int | None:
+    """A seed field's check (None: draw one at render time), shared by every file that holds a seed."""
+    if value is not None and not (0 <= value <= MAX_SEED):
+        raise ValueError(f"seed must be between 0 and {MAX_SEED} (got {value})")
+    return value
+
+
 class RenderSettings(StrictModel):
     """What to render, apart from the start image and the stack."""
 
@@ -329,9 +350,7 @@ class RenderSettings(StrictModel):
     @field_validator("seed")
     @classmethod
     def _seed(cls, value: int | None) -> int | None:
-        if value is not None and not (0 <= value <= MAX_SEED):
-            raise ValueError(f"seed must be between 0 and {MAX_SEED} (got {value})")
-        return value
+        return check_seed(value)
 
     @model_validator(mode="after")
     def _high_steps(self) -> RenderSettings:

@@ -18,7 +18,7 @@ from studio.engine.memory import MemoryConfig
 from studio.errors import RenderCancelled, StudioError, without_server_paths
 from studio.media.images import load_start_image
 from studio.service import Studio
-from studio.stack.schema import RenderSettings, Stack, build
+from studio.stack.schema import MODEL_SETTING_FIELDS, RenderSettings, Stack, build
 from studio.ui.library_view import choice_label, details_html, filter_rows, table_row, trigger_words
 from studio.ui.timeline import RunMark, figure, plot_value, series_for
 from studio.vram.nvml import card_bytes
@@ -78,18 +78,7 @@ def model_defaults(spec) -> list:
     values = spec.defaults.settings_values()
     if values["guidance_low"] is None:
         values["guidance_low"] = values["guidance"]
-    names = (
-        "width",
-        "height",
-        "frames",
-        "steps",
-        "guidance",
-        "guidance_low",
-        "shift",
-        "fps",
-        "negative_prompt",
-    )
-    return [values[name] for name in names]
+    return [values[name] for name in MODEL_SETTING_FIELDS]
 
 
 # ------------------------------------------------------------------- stack edits

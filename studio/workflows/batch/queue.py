@@ -22,7 +22,7 @@ from pydantic import ValidationError as PydanticValidationError
 from studio.errors import ValidationError
 from studio.media.files import save_png_atomic, write_json_atomic
 from studio.media.images import image_sha256
-from studio.stack.schema import RenderSettings, Stack
+from studio.stack.schema import MODEL_SETTING_FIELDS, RenderSettings, Stack
 from studio.workflows.batch.jobs import Batch
 from studio.workflows.batch.scenes import (
     MAX_FILE_BYTES,
@@ -41,17 +41,6 @@ __all__ = ["QUEUE_FOLDER", "SceneQueue", "state_rows"]
 
 QUEUE_FOLDER = "batch"
 MAX_ZIP_BYTES = 512 * 1024 * 1024
-_SETTING_FIELDS = (
-    "width",
-    "height",
-    "frames",
-    "steps",
-    "guidance",
-    "guidance_low",
-    "shift",
-    "fps",
-    "negative_prompt",
-)
 
 
 class SceneQueue:
@@ -114,7 +103,7 @@ class SceneQueue:
     def scene_from_editor(
         self, image: Image.Image, settings: RenderSettings, stack: Stack, name: str | None = None
     ) -> Scene:
-        values = {k: getattr(settings, k) for k in _SETTING_FIELDS if getattr(settings, k) is not None}
+        values = {k: getattr(settings, k) for k in MODEL_SETTING_FIELDS if getattr(settings, k) is not None}
         return Scene(
             name=name or settings.prompt[:40].strip() or "scene",
             image=self._store_image(image),

@@ -38,7 +38,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from studio.errors import ValidationError
 from studio.media.images import load_start_image
-from studio.stack.schema import MAX_SEED, RenderSettings, Stack, StrictModel
+from studio.stack.schema import MAX_SEED, RenderSettings, Stack, StrictModel, check_seed
 from studio.workflows.batch.jobs import Batch, Job, file_sha256, fingerprint, job_id
 from studio.workflows.presets.formats import GuideLora, preset_from_data
 from studio.workflows.presets.paths import relative_source
@@ -85,9 +85,7 @@ class Scene(StrictModel):
     @field_validator("seed")
     @classmethod
     def _seed(cls, value: int | None) -> int | None:
-        if value is not None and not (0 <= value <= MAX_SEED):
-            raise ValueError(f"seed must be between 0 and {MAX_SEED} (got {value})")
-        return value
+        return check_seed(value)
 
     @model_validator(mode="after")
     def _one_stack(self) -> Scene:

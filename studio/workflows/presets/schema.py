@@ -30,6 +30,7 @@ from studio.stack.schedule import Schedule
 from studio.stack.schema import (
     MAX_WEIGHT,
     MIN_WEIGHT,
+    MODEL_SETTING_FIELDS,
     LoraSource,
     RenderSettings,
     Stack,
@@ -58,9 +59,7 @@ _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._
 _REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 # the render settings a preset may set
-_SETTING_FIELDS = tuple(
-    "width height frames steps guidance guidance_low shift fps negative_prompt high_steps".split()
-)
+_SETTING_FIELDS = (*MODEL_SETTING_FIELDS, "high_steps")
 GUIDE_EXPERTS = {
     "high_noise": ("high",),
     "low_noise": ("low",),
