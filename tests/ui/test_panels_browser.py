@@ -104,8 +104,8 @@ def test_a_render_can_be_cancelled_midway_and_the_next_one_works(page, tmp_path,
     for field, value in (
         ("#width input", "128"),
         ("#height input", "128"),
-        ("#frames input", "33"),
-        ("#steps input", "200"),  # long enough that it cannot end before the click on a fast machine
+        ("#frames input", "81"),
+        ("#steps input", "200"),  # ~16 s here (80 ms a step): it cannot end before the click on a fast machine
     ):
         page.fill(field, value)
     page.click("#render")
@@ -115,7 +115,7 @@ def test_a_render_can_be_cancelled_midway_and_the_next_one_works(page, tmp_path,
     assert not list((env["root"] / "outputs").glob("*.mp4"))  # nothing written for the cancelled render
     page.fill("#steps input", "2")
     page.click("#render")
-    expect(page.locator("#render-status")).to_contain_text("Rendered 33 frames", timeout=60_000)
+    expect(page.locator("#render-status")).to_contain_text("Rendered 81 frames", timeout=60_000)
 
 
 def test_save_a_preset_and_load_it_back(page, env, screenshot):

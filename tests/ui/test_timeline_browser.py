@@ -132,8 +132,8 @@ def test_the_timeline_shows_the_expert_band_and_follows_steps_and_schedules(page
 
 
 def test_a_cancelled_render_shows_where_it_stopped(page, tmp_path, start_image):
-    # long enough that it cannot end before the click on a fast machine
-    for selector, value in (("#steps", "200"), ("#frames", "17"), ("#width", "64"), ("#height", "64")):
+    # long enough (~16 s here, 80 ms a step) that it cannot end before the click on a fast machine
+    for selector, value in (("#steps", "200"), ("#frames", "81"), ("#width", "128"), ("#height", "128")):
         set_number(page, selector, value)
     wait_figure(page, lambda f: f["bands"][-1][2] == 200.5)
     image_path = tmp_path / "start.png"
