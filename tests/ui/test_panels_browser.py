@@ -105,7 +105,10 @@ def test_a_render_can_be_cancelled_midway_and_the_next_one_works(page, tmp_path,
         ("#width input", "128"),
         ("#height input", "128"),
         ("#frames input", "81"),
-        ("#steps input", "200"),  # ~16 s here (80 ms a step): it cannot end before the click on a fast machine
+        (
+            "#steps input",
+            "200",
+        ),  # ~16 s here (80 ms a step): it cannot end before the click on a fast machine
     ):
         page.fill(field, value)
     page.click("#render")
