@@ -39,11 +39,12 @@ import os
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from bench.gpu_log import note_failure, status
 
 SCHEMA = 1
 DEFAULT_DEADLINE_S = 440.0
@@ -94,15 +95,14 @@ class Section:
         try:
             value = fn()
         except Exception as exc:  # every measurement on its own: record and go on
-            self.record.note("errors", f"{self.name}.{key}", _error_text(exc))
-            _status(f"{self.name}.{key}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
+            note_failure(self.record, f"{self.name}.{key}", exc)
             return None
         finally:
             self.record.current = None
         if store and value is not None:
             self.put(key, value)
         shown = _short(value) if store else type(value).__name__
-        _status(f"{self.name}.{key}: {shown} ({time.monotonic() - started:.1f} s)")
+        status(f"{self.name}.{key}: {shown} ({time.monotonic() - started:.1f} s)")
         return value
 
 
@@ -173,21 +173,12 @@ def _jsonable(value: Any) -> Any:
     return f"<{type(value).__name__} {list(shape)}>" if shape is not None else str(value)
 
 
-def _error_text(exc: BaseException) -> str:
-    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    return "".join(lines)[-3000:]
-
-
 def _short(value: Any) -> str:
     try:
         text = value if isinstance(value, str) else json.dumps(value, default=_jsonable)
     except (TypeError, ValueError):
         text = f"<{type(value).__name__}>"
     return text if len(text) <= 160 else text[:157] + "..."
-
-
-def _status(text: str) -> None:
-    print(f"[gpu_check] {text}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -327,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     record.data.update(device=device, tiny=args.tiny, quick=args.quick, subject=subject.name)
     record.write()
     timer = record.arm()
-    _status(f"writing {path}; deadline {args.deadline:.0f} s")
+    status(f"writing {path}; deadline {args.deadline:.0f} s")
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     try:
         gpu_sections.run_all(record, subject, device, quick=args.quick, sections=wanted)

@@ -16,6 +16,7 @@ import torch
 from bench import gpu_build
 from bench.common import median, sync
 from bench.gpu_build import Subject
+from bench.gpu_log import note_failure
 from bench.subjects import forward_flops
 
 GIB = 2**30
@@ -67,13 +68,10 @@ def run_all(record, subject: Subject, device: str, *, quick: bool, sections: lis
 
 
 def _guarded(record, name: str, part) -> None:
-    from bench.gpu_check import _error_text, _status
-
     try:
         part()
     except Exception as exc:
-        record.note("errors", name, _error_text(exc))
-        _status(f"{name}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
+        note_failure(record, name, exc)
 
 
 # ----------------------------------------------------------------------------- helpers
