@@ -80,6 +80,7 @@ from studio.engine.fuse import (
     render_forwards,
     unfuse,
 )
+from studio.engine.lora_slots import checked_factors
 from studio.engine.lora_walk import adapter_names, group_offloaded, lora_layers, slots
 
 __all__ = [
@@ -279,11 +280,6 @@ def load_adapter(
 
     targets: list[tuple[str, nn.Module, dict[str, torch.Tensor]]] = []
     for name, params in modules.items():
-        a, b = params.get("lora_A.weight"), params.get("lora_B.weight")
-        if a is None or b is None:
-            raise ValueError(
-                f"{name}: an incomplete LoRA pair (lora_A without lora_B or the other way round)"
-            )
         try:
             target = model.get_submodule(name)
         except AttributeError:
@@ -293,15 +289,7 @@ def load_adapter(
             raise UnsupportedLora(f"{name} already holds a non-LoRA adapter")
         if type(base) is not nn.Linear:
             raise ValueError(f"{name} is not a Linear layer, so a LoRA cannot be applied to it")
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-            raise ValueError(
-                f"{name}: LoRA factors of shapes {tuple(a.shape)} and {tuple(b.shape)} do not fit"
-            )
-        if a.shape[1] != base.in_features or b.shape[0] != base.out_features:
-            raise ValueError(
-                f"{name}: the LoRA is shaped for a {a.shape[1]}→{b.shape[0]} layer but the layer is "
-                f"{base.in_features}→{base.out_features}"
-            )
+        checked_factors(name, params, base.in_features, base.out_features)
         bias = params.get("lora_B.bias")
         if bias is not None and tuple(bias.shape) != (base.out_features,):
             raise ValueError(f"{name}: its lora_B bias does not have the layer's {base.out_features} outputs")

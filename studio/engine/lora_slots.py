@@ -46,12 +46,30 @@ __all__ = [
     "SlotLinear",
     "SlotsFull",
     "bank_of",
+    "checked_factors",
     "install",
     "uninstall",
 ]
 
 BANK_ATTR = "_studio_lora_bank"
 _PARAMS = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
+
+
+def checked_factors(
+    name: str, params: Mapping[str, torch.Tensor], in_features: int, out_features: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (down, up) factors of one module's LoRA, refused unless they fit an ``in → out`` Linear."""
+    a, b = params.get("lora_A.weight"), params.get("lora_B.weight")
+    if a is None or b is None:
+        raise ValueError(f"{name}: an incomplete LoRA pair (lora_A without lora_B or the other way round)")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+        raise ValueError(f"{name}: LoRA factors of shapes {tuple(a.shape)} and {tuple(b.shape)} do not fit")
+    if a.shape[1] != in_features or b.shape[0] != out_features:
+        raise ValueError(
+            f"{name}: the LoRA is shaped for a {a.shape[1]}→{b.shape[0]} layer but the layer is "
+            f"{in_features}→{out_features}"
+        )
+    return a, b
 
 
 class SlotsFull(ValueError):
@@ -179,23 +197,10 @@ class LoraBank:
             raise ValueError("the state dict holds no LoRA weights for this model")
         width, has_bias = 0, False
         for module_name, params in modules.items():
-            a, b = params.get("lora_A.weight"), params.get("lora_B.weight")
-            if a is None or b is None:
-                raise ValueError(
-                    f"{module_name}: an incomplete LoRA pair (lora_A without lora_B or the other way round)"
-                )
             slot = self.modules.get(module_name)
             if slot is None:
                 raise ValueError(f"the model has no Linear layer named {module_name}")
-            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-                raise ValueError(
-                    f"{module_name}: LoRA factors of shapes {tuple(a.shape)} and {tuple(b.shape)} do not fit"
-                )
-            if a.shape[1] != slot.in_features or b.shape[0] != slot.out_features:
-                raise ValueError(
-                    f"{module_name}: the LoRA is shaped for a {a.shape[1]}→{b.shape[0]} layer but the layer is "
-                    f"{slot.in_features}→{slot.out_features}"
-                )
+            a, _ = checked_factors(module_name, params, slot.in_features, slot.out_features)
             bias = params.get("lora_B.bias")
             if bias is not None:
                 if tuple(bias.shape) != (slot.out_features,):

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
-from studio.loras.inspect import LoraInfo
+from studio.loras.inspect import Layout, LoraInfo
 from studio.loras.keys import describe_dim, leftovers_note, model_name_for_dim
 from studio.models.shapes import A14B_TRANSFORMER, TI2V_5B_TRANSFORMER
 
@@ -47,21 +47,8 @@ KNOWN_TRANSFORMER_CONFIGS: dict[str, dict[str, Any]] = {
     "wan2.2-ti2v-5b": WAN22_TI2V_5B_TRANSFORMER_CONFIG,
 }
 
-# Layouts whose tensors the converter turns into something diffusers loads.
-LOADABLE_LAYOUTS = {
-    "diffusers",
-    "original",
-    "lightx2v",
-    "musubi",
-    "videox_fun",
-    "diffsynth",
-    "peft_wan",
-    "ai_toolkit",
-    "no_prefix",
-    "lokr",
-    "loha",
-    "dora",
-}
+# Layouts whose tensors the converter turns into something diffusers loads: every one the inspector names.
+LOADABLE_LAYOUTS = frozenset(get_args(Layout)) - {"mixed", "unknown"}
 # Top-level (outside the blocks) Linear layers every Wan transformer has.
 _TOP_LINEARS = {
     "proj_out",

@@ -135,9 +135,7 @@ class StackEntry(StrictModel):
     @field_validator("weight_high", "weight_low")
     @classmethod
     def _sane_weight(cls, value: float) -> float:
-        if value != value or not (MIN_WEIGHT <= value <= MAX_WEIGHT):
-            raise ValueError(f"a LoRA weight must be between {MIN_WEIGHT:g} and {MAX_WEIGHT:g}")
-        return value
+        return check_weight(value)
 
     @model_validator(mode="after")
     def _has_a_source(self) -> StackEntry:
@@ -285,10 +283,34 @@ MODEL_SETTING_FIELDS = (
 )
 
 
+def check_weight(value: float) -> float:
+    """A LoRA weight of a stack entry or a preset entry."""
+    if value != value or not (MIN_WEIGHT <= value <= MAX_WEIGHT):
+        raise ValueError(f"a LoRA weight must be between {MIN_WEIGHT:g} and {MAX_WEIGHT:g}")
+    return value
+
+
 def check_seed(value: int | None) -> int | None:
     """A seed field's check (None: draw one at render time), shared by every file that holds a seed."""
     if value is not None and not (0 <= value <= MAX_SEED):
         raise ValueError(f"seed must be between 0 and {MAX_SEED} (got {value})")
+    return value
+
+
+def check_size(value: int) -> int:
+    """A width or height: a multiple of 16 the model takes (render settings, training options)."""
+    if value % 16 or not (MIN_SIZE <= value <= MAX_SIZE):
+        raise ValueError(f"must be a multiple of 16 between {MIN_SIZE} and {MAX_SIZE} (got {value})")
+    return value
+
+
+def check_frames(value: int) -> int:
+    """A frame count: 4k+1 up to MAX_FRAMES, as the VAE's time compression needs."""
+    if value < 1 or value > MAX_FRAMES or (value - 1) % 4:
+        nearest = max(1, min(MAX_FRAMES, round((value - 1) / 4) * 4 + 1))
+        raise ValueError(
+            f"must be 4k+1 (1, 5, 9, ... {MAX_FRAMES}); got {value}, the nearest allowed is {nearest}"
+        )
     return value
 
 
@@ -312,19 +334,12 @@ class RenderSettings(StrictModel):
     @field_validator("width", "height")
     @classmethod
     def _size(cls, value: int) -> int:
-        if value % 16 or not (MIN_SIZE <= value <= MAX_SIZE):
-            raise ValueError(f"must be a multiple of 16 between {MIN_SIZE} and {MAX_SIZE} (got {value})")
-        return value
+        return check_size(value)
 
     @field_validator("frames")
     @classmethod
     def _frames(cls, value: int) -> int:
-        if value < 1 or value > MAX_FRAMES or (value - 1) % 4:
-            nearest = max(1, min(MAX_FRAMES, round((value - 1) / 4) * 4 + 1))
-            raise ValueError(
-                f"must be 4k+1 (1, 5, 9, ... {MAX_FRAMES}); got {value}, the nearest allowed is {nearest}"
-            )
-        return value
+        return check_frames(value)
 
     @field_validator("steps")
     @classmethod

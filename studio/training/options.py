@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from studio.stack.schema import MAX_FRAMES, MAX_SIZE, MIN_SIZE, StrictModel
+from studio.stack.schema import StrictModel, check_frames, check_size
 
 OPTIONS_VERSION = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -81,17 +81,12 @@ class TrainOptions(StrictModel):
     @field_validator("frames")
     @classmethod
     def _frames(cls, value: int) -> int:
-        if value < 1 or value > MAX_FRAMES or (value - 1) % 4:
-            nearest = max(1, min(MAX_FRAMES, round((value - 1) / 4) * 4 + 1))
-            raise ValueError(f"must be 4k+1 (1, 5, 9, ... {MAX_FRAMES}); got {value}, try {nearest}")
-        return value
+        return check_frames(value)
 
     @field_validator("width", "height")
     @classmethod
     def _size(cls, value: int) -> int:
-        if value % 16 or not (MIN_SIZE <= value <= MAX_SIZE):
-            raise ValueError(f"must be a multiple of 16 between {MIN_SIZE} and {MAX_SIZE} (got {value})")
-        return value
+        return check_size(value)
 
     @field_validator("boundary")
     @classmethod

@@ -29,6 +29,7 @@ from studio.stack.schema import (
     RenderSettings,
     Stack,
     StrictModel,
+    check_weight,
     parse_model,
 )
 from studio.workflows.presets.lset import RunSteps, is_lset, lset_entries
@@ -38,7 +39,6 @@ from studio.workflows.presets.schema import (
     RENDER_RECORD_KIND,
     Preset,
     PresetSettings,
-    check_weight,
     jsonable,
     parse_preset,
 )

@@ -28,14 +28,13 @@ from studio.errors import ValidationError
 from studio.loras.sources import LORA_SUFFIX
 from studio.stack.schedule import Schedule
 from studio.stack.schema import (
-    MAX_WEIGHT,
-    MIN_WEIGHT,
     MODEL_SETTING_FIELDS,
     LoraSource,
     RenderSettings,
     Stack,
     StackEntry,
     StrictModel,
+    check_weight,
     json_object,
     parse_model,
     read_schedules,
@@ -149,12 +148,6 @@ class PresetSource(LoraSource):
 
 def _new_entry_id() -> str:
     return secrets.token_hex(4)
-
-
-def check_weight(value: float) -> float:
-    if value != value or not (MIN_WEIGHT <= value <= MAX_WEIGHT):
-        raise ValueError(f"a LoRA weight must be between {MIN_WEIGHT:g} and {MAX_WEIGHT:g}")
-    return value
 
 
 class PresetEntry(StrictModel):
