@@ -12,6 +12,21 @@ import warnings
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from studio.stack.schema import RenderSettings
+
+# a small render on the demo model: 4 steps (two per expert) with guidance on both
+SETTINGS = RenderSettings(
+    prompt="a cat walking",
+    negative_prompt="blurry",
+    width=32,
+    height=32,
+    frames=9,
+    steps=4,
+    guidance=3.0,
+    guidance_low=2.0,
+    shift=5.0,
+    seed=42,
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # When two paths round differently, outputs agree to 1e-5 in float32; in bf16/fp16 to a few

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lorakit
 import pytest
 import torch
 
@@ -12,17 +13,11 @@ from studio.loras.synthetic import make_lora_tensors, write_lora
 from studio.models.shapes import A14B_TRANSFORMER
 
 
-def _transformer(folder, dtype=torch.float32):
-    from diffusers import WanTransformer3DModel
-
-    return WanTransformer3DModel.from_pretrained(folder, subfolder="transformer").to(dtype).eval()
-
-
 @pytest.fixture(scope="module")
 def loras(demo_model_dir, demo_transformer_config, tmp_path_factory):
     """PEFT-layout state dicts from the studio's reader/converter (biases, partial modules, top level)."""
     folder = tmp_path_factory.mktemp("slot-loras")
-    base = _transformer(demo_model_dir)
+    base = lorakit.transformer(demo_model_dir)
     specs = {
         "style": dict(rank=4, layout="original", seed=1),
         "detail": dict(rank=8, layout="original", seed=2, modules=["attn1.to_q", "ffn.net.2", "attn2.to_v"]),
@@ -37,24 +32,13 @@ def loras(demo_model_dir, demo_transformer_config, tmp_path_factory):
     return out
 
 
-def _inputs(config, dtype=torch.float32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return {
-        "hidden_states": torch.randn(1, config.in_channels, 3, 8, 8, generator=gen).to(dtype),
-        "timestep": torch.tensor([700]),
-        "encoder_hidden_states": torch.randn(1, 12, config.text_dim, generator=gen).to(dtype),
-        "return_dict": False,
-    }
-
-
-@torch.no_grad()
-def _out(model, inputs):
-    return model(**inputs)[0].float()
+def _out(model, model_inputs):
+    return lorakit.out(model, model_inputs).float()
 
 
 def _pair(folder, dtype, loras, names, rows=64):
     """The same LoRAs in peft layers (lora_ops) and in a bank."""
-    peft_model, slot_model = _transformer(folder, dtype), _transformer(folder, dtype)
+    peft_model, slot_model = lorakit.transformer(folder, dtype), lorakit.transformer(folder, dtype)
     bank = lora_slots.install(slot_model, rows=rows, slots=4)
     for name in names:
         lora_ops.load_adapter(peft_model, loras[name], name)
@@ -67,8 +51,8 @@ def test_bank_matches_peft_layers_for_any_weights(demo_model_dir, loras, dtype):
     names = ["style", "detail", "speed", "embed"]
     peft_model, slot_model, bank = _pair(demo_model_dir, dtype, loras, names)
     exact, _, _ = _pair(demo_model_dir, torch.float32, loras, names)  # the float32 truth for bf16
-    inputs = _inputs(peft_model.config, dtype)
-    base = _out(_transformer(demo_model_dir, dtype), inputs)
+    inputs = lorakit.inputs(peft_model.config, dtype=dtype)
+    base = _out(lorakit.transformer(demo_model_dir, dtype), inputs)
     for weights in (
         {"style": 1.0, "detail": 0.5, "speed": -0.7, "embed": 1.3},
         {"speed": 2.0},
@@ -82,7 +66,7 @@ def test_bank_matches_peft_layers_for_any_weights(demo_model_dir, loras, dtype):
             assert torch.allclose(got, expected, atol=1e-5), (weights, (got - expected).abs().max())
         else:  # bf16 rounds differently on each path: no further from float32 than peft's own result
             lora_ops.set_adapter_weights(exact, weights)
-            truth = _out(exact, _inputs(exact.config))
+            truth = _out(exact, lorakit.inputs(exact.config))
             assert (got - truth).abs().mean() <= 1.5 * (expected - truth).abs().mean(), weights
     assert bank.weights == {"style": 0.3, "detail": 0.0, "speed": 0.0, "embed": 0.0}
     lora_ops.set_adapter_weights(slot_model, {})
@@ -115,7 +99,7 @@ def test_delete_and_reload_reuse_rows_and_pack_when_fragmented(demo_model_dir, l
     weights = {"detail2": 0.8, "speed": 1.1, "detail3": -0.4}
     lora_ops.set_adapter_weights(peft_model, weights)
     bank.set_weights(weights)
-    inputs = _inputs(peft_model.config)
+    inputs = lorakit.inputs(peft_model.config)
     assert torch.allclose(_out(slot_model, inputs), _out(peft_model, inputs), atol=1e-5)
     for name in ("detail2", "speed"):
         got = bank.factors(name)
@@ -138,12 +122,12 @@ def test_a_full_bank_says_how_much_room_it_needs_and_grows_keeping_its_loras(dem
     weights = {"style": 1.0, "detail": 0.6}
     lora_ops.set_adapter_weights(peft_model, weights)
     bank.set_weights(weights)
-    inputs = _inputs(peft_model.config)
+    inputs = lorakit.inputs(peft_model.config)
     assert torch.allclose(_out(slot_model, inputs), _out(peft_model, inputs), atol=1e-5)
 
 
 def test_bias_slots_run_out_before_rows(demo_model_dir, loras):
-    model = _transformer(demo_model_dir)
+    model = lorakit.transformer(demo_model_dir)
     bank = lora_slots.install(model, rows=64, slots=1)
     bank.load(loras["speed"], "a")
     with pytest.raises(lora_slots.SlotsFull, match="bias slot") as full:
@@ -153,7 +137,7 @@ def test_bias_slots_run_out_before_rows(demo_model_dir, loras):
 
 
 def test_what_the_bank_refuses_leaves_it_unchanged(demo_model_dir, loras):
-    model = _transformer(demo_model_dir)
+    model = lorakit.transformer(demo_model_dir)
     bank = lora_slots.install(model, rows=16, slots=2)
     bank.load(loras["style"], "style")
     dora = {**loras["style"], "transformer.blocks.0.attn1.to_q.lora_magnitude_vector": torch.ones(24)}
@@ -175,11 +159,11 @@ def test_what_the_bank_refuses_leaves_it_unchanged(demo_model_dir, loras):
 
 
 def test_install_and_uninstall_round_trip(demo_model_dir, loras):
-    model = _transformer(demo_model_dir)
-    inputs = _inputs(model.config)
+    model = lorakit.transformer(demo_model_dir)
+    inputs = lorakit.inputs(model.config)
     base = _out(model, inputs)
     with pytest.raises(ValueError, match="peft adapters"):
-        other = _transformer(demo_model_dir)
+        other = lorakit.transformer(demo_model_dir)
         lora_ops.load_adapter(other, loras["style"], "style")
         lora_slots.install(other, rows=4, slots=1)
     bank = lora_slots.install(model, rows=8, slots=2)

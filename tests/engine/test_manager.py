@@ -6,24 +6,11 @@ import math
 
 import pytest
 import torch
-from lorakit import close
+from lorakit import SETTINGS, close
 
 from studio.engine.manager import CancelToken, PipelineManager, RenderRequest
 from studio.errors import LoraFileError, RenderCancelled, ValidationError
-from studio.stack.schema import LoraSource, RenderSettings, Stack, StackEntry
-
-SETTINGS = RenderSettings(
-    prompt="a cat walking",
-    negative_prompt="blurry",
-    width=32,
-    height=32,
-    frames=9,
-    steps=4,
-    guidance=3.0,
-    guidance_low=2.0,
-    shift=5.0,
-    seed=42,
-)
+from studio.stack.schema import LoraSource, Stack, StackEntry
 
 
 @pytest.fixture()

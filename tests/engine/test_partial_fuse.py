@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lorakit
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def loras(demo_model_dir, demo_transformer_config, tmp_path_factory):
     folder = tmp_path_factory.mktemp("partial-loras")
-    base = _transformer(demo_model_dir)
+    base = lorakit.transformer(demo_model_dir)
     specs = {
         "a": dict(rank=4, layout="original", seed=11),
         "b": dict(rank=8, layout="original", seed=12, modules=["attn1.to_q", "ffn.net.2", "attn2.to_v"]),
@@ -31,12 +32,6 @@ def loras(demo_model_dir, demo_transformer_config, tmp_path_factory):
     return out
 
 
-def _transformer(folder, dtype=torch.float32):
-    from diffusers import WanTransformer3DModel
-
-    return WanTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype).eval()
-
-
 def _close(got, want, rel):
     """Equal within float tolerance: float32 elementwise; bf16 by relative norm (its rounding is ~0.4%)."""
     got, want = got.float(), want.float()
@@ -47,44 +42,29 @@ def _close(got, want, rel):
         assert error < rel, f"relative error {error:.4f}"
 
 
-def _inputs(config, dtype=torch.float32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return {
-        "hidden_states": torch.randn(1, config.in_channels, 3, 8, 8, generator=gen).to(dtype),
-        "timestep": torch.tensor([700]),
-        "encoder_hidden_states": torch.randn(1, 12, config.text_dim, generator=gen).to(dtype),
-        "return_dict": False,
-    }
-
-
-@torch.no_grad()
-def _out(model, inputs):
-    return model(**inputs)[0]
-
-
 @pytest.mark.parametrize(("dtype", "rel"), [(torch.float32, None), (torch.bfloat16, 0.02)])
 def test_fused_constants_and_unfused_scheduled_match_all_unfused(demo_model_dir, loras, dtype, rel):
-    ours, ref = _transformer(demo_model_dir, dtype), _transformer(demo_model_dir, dtype)
+    ours, ref = lorakit.transformer(demo_model_dir, dtype), lorakit.transformer(demo_model_dir, dtype)
     for model in (ours, ref):
         for name in loras:
             lora_ops.load_adapter(model, loras[name], name)
     constant = {"a": 0.7, "d": 1.3}
-    inputs = _inputs(ours.config, dtype, seed=5)
+    inputs = lorakit.inputs(ours.config, seed=5, dtype=dtype)
     lora_ops.set_adapter_weights(ours, {**constant, "b": 1.0, "c": 0.5})
     lora_ops.fuse(ours, adapter_names=list(constant))
     assert {a for layer in lora_ops.lora_layers(ours) for a in layer.merged_adapters} == set(constant)
     for step_weights in ({"b": 1.0, "c": 0.5}, {"b": 0.25, "c": 0.0}, {"b": 0.0, "c": -0.75}):
         lora_ops.set_adapter_weights(ours, {**constant, **step_weights})
         lora_ops.set_adapter_weights(ref, {**constant, **step_weights})
-        _close(_out(ours, inputs), _out(ref, inputs), rel)
+        _close(lorakit.out(ours, inputs), lorakit.out(ref, inputs), rel)
     # the scheduled adapters at 0: the partly fused model is the fused constants alone
     lora_ops.set_adapter_weights(ours, {**constant, "b": 0.0, "c": 0.0})
     lora_ops.set_adapter_weights(ref, constant)
-    _close(_out(ours, inputs), _out(ref, inputs), rel)
+    _close(lorakit.out(ours, inputs), lorakit.out(ref, inputs), rel)
 
 
 def test_weights_of_fused_adapters_cannot_change_or_go(demo_model_dir, loras):
-    model = _transformer(demo_model_dir)
+    model = lorakit.transformer(demo_model_dir)
     for name in ("a", "b"):
         lora_ops.load_adapter(model, loras[name], name)
     lora_ops.set_adapter_weights(model, {"a": 0.7, "b": 1.0})
@@ -101,22 +81,22 @@ def test_weights_of_fused_adapters_cannot_change_or_go(demo_model_dir, loras):
 
 
 def test_partly_fused_layers_take_the_generic_path_when_grads_flow(demo_model_dir, loras):
-    model = _transformer(demo_model_dir)
-    ref = _transformer(demo_model_dir)
+    model = lorakit.transformer(demo_model_dir)
+    ref = lorakit.transformer(demo_model_dir)
     for m in (model, ref):
         for name in ("a", "c"):
             lora_ops.load_adapter(m, loras[name], name)
         lora_ops.set_adapter_weights(m, {"a": 0.7, "c": 0.4})
     lora_ops.fuse(model, adapter_names=["a"])
-    inputs = _inputs(model.config, seed=2)
+    inputs = lorakit.inputs(model.config, seed=2)
     inputs["hidden_states"].requires_grad_(True)
     with torch.enable_grad():
         got = model(**inputs)[0]
-    torch.testing.assert_close(got.detach(), _out(ref, inputs), atol=ATOL, rtol=0)
+    torch.testing.assert_close(got.detach(), lorakit.out(ref, inputs), atol=ATOL, rtol=0)
 
 
 def test_fuse_pays_off_counts_only_the_named_unfused_adapters(demo_model_dir, loras):
-    model = _transformer(demo_model_dir)
+    model = lorakit.transformer(demo_model_dir)
     for name in ("a", "b"):
         lora_ops.load_adapter(model, loras[name], name)
     lora_ops.set_adapter_weights(model, {"a": 1.0, "b": 1.0})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lorakit import SETTINGS
 
 from studio.engine import lora_ops
 from studio.engine.manager import CancelToken, PipelineManager, RenderRequest
@@ -11,18 +12,6 @@ from studio.errors import RenderCancelled, ValidationError
 from studio.stack import schedule as S
 from studio.stack.schema import RenderSettings, Stack, StackEntry
 
-SETTINGS = RenderSettings(
-    prompt="a cat walking",
-    negative_prompt="blurry",
-    width=32,
-    height=32,
-    frames=9,
-    steps=4,
-    guidance=3.0,
-    guidance_low=2.0,
-    shift=5.0,
-    seed=42,
-)
 COMPONENT = {"high": "transformer", "low": "transformer_2"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import numpy as np
@@ -14,6 +15,19 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 # Gradio renders a Group as two nested divs carrying the same class: take the outer one.
 ENTRY = ".stack-entry:not(.stack-entry .stack-entry)"
+
+
+@contextlib.contextmanager
+def studio_page(browser, url: str, *, height: int = 1100, **context_options):
+    """A fresh browser context on the studio at ``url``, once its page has drawn; closed afterwards."""
+    context = browser.new_context(viewport={"width": 1500, "height": height}, **context_options)
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("#render")
+        yield page
+    finally:
+        context.close()
 
 
 def free_port() -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pagekit import ENTRY, assert_not_blank, choose
+from pagekit import ENTRY, assert_not_blank, choose, studio_page
 from playwright.sync_api import expect
 
 from studio.service import Studio
@@ -42,12 +42,8 @@ def studio_url(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_
 
 @pytest.fixture()
 def page(browser, studio_url):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = context.new_page()
-    page.goto(studio_url)
-    page.wait_for_selector("#render")
-    yield page
-    context.close()
+    with studio_page(browser, studio_url) as page:
+        yield page
 
 
 def choose_in_library(page, label: str) -> None:

@@ -7,7 +7,15 @@ quick start (a render with a demo LoRA, then its comparison with the base) works
 from __future__ import annotations
 
 import pytest
-from pagekit import ENTRY, LIBRARY_ROWS, library_names, library_row, pick_in_library_table, red_texts
+from pagekit import (
+    ENTRY,
+    LIBRARY_ROWS,
+    library_names,
+    library_row,
+    pick_in_library_table,
+    red_texts,
+    studio_page,
+)
 from playwright.sync_api import expect
 
 from studio.service import Studio
@@ -33,13 +41,11 @@ def fresh(tmp_path_factory, studio_cache, demo_model_dir, launch_studio):
 
 @pytest.fixture()
 def page(browser, fresh):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = context.new_page()
-    page.goto(fresh[1])
-    page.wait_for_selector("#render")
-    expect(page.locator(LIBRARY_ROWS)).to_have_count(3, timeout=60_000)  # the page's load events answer first
-    yield page
-    context.close()
+    with studio_page(browser, fresh[1]) as page:
+        expect(page.locator(LIBRARY_ROWS)).to_have_count(
+            3, timeout=60_000
+        )  # the page's load events answer first
+        yield page
 
 
 def open_tab(page, name: str) -> None:

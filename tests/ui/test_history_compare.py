@@ -12,7 +12,7 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
-from pagekit import ENTRY, choose
+from pagekit import ENTRY, choose, studio_page
 from playwright.sync_api import expect
 
 from studio.errors import StudioError
@@ -142,12 +142,8 @@ def env(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_config,
 
 @pytest.fixture()
 def page(browser, env):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
-    page = context.new_page()
-    page.goto(env["url"])
-    page.wait_for_selector("#render")
-    yield page
-    context.close()
+    with studio_page(browser, env["url"], accept_downloads=True) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")

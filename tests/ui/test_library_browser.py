@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from pagekit import LIBRARY_ROWS, library_names, library_row, pick_in_library_table
+from pagekit import LIBRARY_ROWS, library_names, library_row, pick_in_library_table, studio_page
 from playwright.sync_api import expect
 
 from studio.service import Studio
@@ -56,13 +56,9 @@ def env(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_config,
 
 @pytest.fixture()
 def page(browser, env):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = context.new_page()
-    page.goto(env["url"])
-    page.wait_for_selector("#render")
-    expect(page.locator("#library-count")).to_contain_text("27 LoRAs", timeout=60_000)
-    yield page
-    context.close()
+    with studio_page(browser, env["url"]) as page:
+        expect(page.locator("#library-count")).to_contain_text("27 LoRAs", timeout=60_000)
+        yield page
 
 
 def sort_column(page, index: int, order: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from pagekit import ENTRY, choose
+from pagekit import ENTRY, choose, studio_page
 from playwright.sync_api import expect
 
 from studio.service import Studio
@@ -32,12 +32,8 @@ def env(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_config,
 
 @pytest.fixture()
 def page(browser, env):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = context.new_page()
-    page.goto(env["url"])
-    page.wait_for_selector("#render")
-    yield page
-    context.close()
+    with studio_page(browser, env["url"]) as page:
+        yield page
 
 
 def add_style(page) -> None:

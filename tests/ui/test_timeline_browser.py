@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from pagekit import ENTRY, choose
+from pagekit import ENTRY, choose, studio_page
 from playwright.sync_api import expect
 
 from studio.service import Studio
@@ -40,12 +40,8 @@ def studio_url(tmp_path_factory, studio_cache, demo_model_dir, demo_transformer_
 
 @pytest.fixture()
 def page(browser, studio_url):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = context.new_page()
-    page.goto(studio_url)
-    page.wait_for_selector("#render")
-    yield page
-    context.close()
+    with studio_page(browser, studio_url) as page:
+        yield page
 
 
 def wait_figure(page, check, timeout=30_000):
