@@ -73,4 +73,4 @@ def start_image() -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-from fakehub.fixtures import fake_hub, guide_hub  # noqa: E402, F401  (the loopback Hub, for every Hub test)
+from fakehub.fixtures import fake_hub, guide_hub, loopback_only  # noqa: E402, F401  (the loopback Hub, for every Hub test)

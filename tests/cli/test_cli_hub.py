@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,17 +30,7 @@ Trigger words: `sks dance`, `spin`
 """
 
 
-@pytest.fixture(autouse=True)
-def _loopback_only(monkeypatch):
-    """Name lookups other than loopback fail here, so not even a DNS query leaves the machine."""
-    real = socket.getaddrinfo
-
-    def lookup(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost", "::1", b"127.0.0.1", b"localhost"):
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+pytestmark = pytest.mark.usefixtures("loopback_only")  # not even a DNS query leaves the machine
 
 
 @pytest.fixture

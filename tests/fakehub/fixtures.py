@@ -7,6 +7,7 @@ flag every test argument named ``fake_hub`` as a redefinition, F811).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -40,3 +41,22 @@ def guide_hub(fake_hub: FakeHub) -> FakeHub:
 
     fake_hub.guide_files = add_guide_repos(fake_hub)
     return fake_hub
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", b"127.0.0.1", b"localhost")
+
+
+@pytest.fixture
+def loopback_only(monkeypatch) -> None:
+    """Name lookups other than loopback fail, so not even a DNS query leaves the machine.
+
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("loopback_only")``.
+    """
+    real = socket.getaddrinfo
+
+    def lookup(host, *args, **kwargs):
+        if host not in LOOPBACK_HOSTS:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import socket
 import threading
 import time
 from pathlib import Path
@@ -67,17 +66,7 @@ def _not_found(repo: str) -> str:
     return f"{repo} was not found on the Hugging Face Hub; check the name or your access token."
 
 
-@pytest.fixture(autouse=True)
-def _loopback_only(monkeypatch):
-    """Name lookups other than loopback fail here, so not even a DNS query leaves the machine."""
-    real = socket.getaddrinfo
-
-    def lookup(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost", "::1", b"127.0.0.1", b"localhost"):
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+pytestmark = pytest.mark.usefixtures("loopback_only")  # not even a DNS query leaves the machine
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------------------

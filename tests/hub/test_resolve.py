@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 
 import pytest
 from fakehub import unused_loopback_url
@@ -36,16 +35,7 @@ HPS_HIGH, HPS_LOW = REWARD_FILES[("hps", "high")], REWARD_FILES[("hps", "low")]
 MPS_HIGH, MPS_LOW = REWARD_FILES[("mps", "high")], REWARD_FILES[("mps", "low")]
 
 
-@pytest.fixture(autouse=True)
-def _loopback_only(monkeypatch):
-    real = socket.getaddrinfo
-
-    def lookup(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost", "::1", b"127.0.0.1", b"localhost"):
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+pytestmark = pytest.mark.usefixtures("loopback_only")  # not even a DNS query leaves the machine
 
 
 @pytest.fixture
