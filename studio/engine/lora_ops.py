@@ -80,7 +80,7 @@ from studio.engine.fuse import (
     render_forwards,
     unfuse,
 )
-from studio.engine.lora_slots import checked_factors
+from studio.engine.lora_slots import checked_factors, group_by_module
 from studio.engine.lora_walk import adapter_names, group_offloaded, lora_layers, slots
 
 __all__ = [
@@ -106,8 +106,6 @@ __all__ = [
     "supports_partial_fuse",
     "unfuse",
 ]
-
-_LORA_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
 
 
 class UnsupportedLora(ValueError):
@@ -172,25 +170,8 @@ def set_adapter_weights(model: nn.Module, weights: Mapping[str, float]) -> None:
 
 
 # --------------------------------------------------------------------------- loading
-def _group_state_dict(
-    state_dict: Mapping[str, torch.Tensor], prefix: str | None
-) -> dict[str, dict[str, torch.Tensor]]:
-    modules: dict[str, dict[str, torch.Tensor]] = {}
-    lead = f"{prefix}." if prefix else ""
-    for key, tensor in state_dict.items():
-        if lead:
-            if not key.startswith(lead):
-                continue
-            key = key[len(lead) :]
-        for param in _LORA_PARAMS:
-            if key.endswith("." + param):
-                modules.setdefault(key[: -len(param) - 1], {})[param] = tensor
-                break
-        else:
-            raise UnsupportedLora(
-                f"unsupported LoRA tensor {key!r} (only lora_A/lora_B weights and lora_B bias)"
-            )
-    return modules
+def _unsupported(key: str) -> UnsupportedLora:
+    return UnsupportedLora(f"unsupported LoRA tensor {key!r} (only lora_A/lora_B weights and lora_B bias)")
 
 
 def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -268,8 +249,8 @@ def load_adapter(
     if group_offloaded(model):
         model.load_lora_adapter(dict(state_dict), adapter_name=adapter_name, prefix=prefix)
         enable_fast_forward(model)
-        return len(_group_state_dict(state_dict, prefix))
-    modules = _group_state_dict(state_dict, prefix)
+        return len(group_by_module(state_dict, prefix, _unsupported))
+    modules = group_by_module(state_dict, prefix, _unsupported)
     if not modules:
         raise ValueError("the state dict holds no LoRA weights for this model")
     config = getattr(model, "peft_config", None) or {}

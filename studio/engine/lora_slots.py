@@ -32,7 +32,7 @@ LoRA's scale in every module is its weight.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -47,12 +47,13 @@ __all__ = [
     "SlotsFull",
     "bank_of",
     "checked_factors",
+    "group_by_module",
     "install",
     "uninstall",
 ]
 
 BANK_ATTR = "_studio_lora_bank"
-_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
+LORA_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
 
 
 def checked_factors(
@@ -192,7 +193,7 @@ class LoraBank:
             raise ValueError(
                 f"Adapter name {name} already in use in the model - please select a new adapter name."
             )
-        modules = _group(state_dict, prefix)
+        modules = group_by_module(state_dict, prefix, _not_hotswappable)
         if not modules:
             raise ValueError("the state dict holds no LoRA weights for this model")
         width, has_bias = 0, False
@@ -338,7 +339,13 @@ class LoraBank:
                 torch._foreach_copy_([m.bias_scale for m in group], [src_bias] * len(group))
 
 
-def _group(state_dict: Mapping[str, torch.Tensor], prefix: str | None) -> dict[str, dict[str, torch.Tensor]]:
+def group_by_module(
+    state_dict: Mapping[str, torch.Tensor], prefix: str | None, refuse: Callable[[str], Exception]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """module name → {``lora_A.weight``, ``lora_B.weight``, ``lora_B.bias``} of a PEFT-layout state dict.
+
+    Keys outside ``prefix.`` are skipped; any other tensor raises ``refuse(key)``.
+    """
     modules: dict[str, dict[str, torch.Tensor]] = {}
     lead = f"{prefix}." if prefix else ""
     for key, tensor in state_dict.items():
@@ -346,13 +353,17 @@ def _group(state_dict: Mapping[str, torch.Tensor], prefix: str | None) -> dict[s
             if not key.startswith(lead):
                 continue
             key = key[len(lead) :]
-        param = next((p for p in _PARAMS if key.endswith("." + p)), None)
+        param = next((p for p in LORA_PARAMS if key.endswith("." + p)), None)
         if param is None:
-            raise NotHotswappable(
-                f"{key!r} is not a plain LoRA tensor (only lora_A/lora_B weights and lora_B biases hot-swap)"
-            )
+            raise refuse(key)
         modules.setdefault(key[: -len(param) - 1], {})[param] = tensor
     return modules
+
+
+def _not_hotswappable(key: str) -> NotHotswappable:
+    return NotHotswappable(
+        f"{key!r} is not a plain LoRA tensor (only lora_A/lora_B weights and lora_B biases hot-swap)"
+    )
 
 
 def bank_of(model: nn.Module) -> LoraBank | None:

@@ -110,14 +110,18 @@ def read_schedules(data: Any) -> Any:
     return data
 
 
-def _new_entry_id() -> str:
+ENTRY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
+
+
+def new_entry_id() -> str:
+    """A fresh id for a stack or preset entry (8 hex digits)."""
     return secrets.token_hex(4)
 
 
 class StackEntry(StrictModel):
     """One LoRA in the stack, with a source and a weight per expert."""
 
-    id: str = Field(default_factory=_new_entry_id, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    id: str = Field(default_factory=new_entry_id, pattern=ENTRY_ID_PATTERN)
     name: str = Field(min_length=1, max_length=200)
     high: LoraSource | None = None
     low: LoraSource | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from studio.errors import ValidationError
 from studio.loras.sources import LORA_SUFFIX
 from studio.stack.schedule import Schedule
 from studio.stack.schema import (
+    ENTRY_ID_PATTERN,
     MODEL_SETTING_FIELDS,
     LoraSource,
     RenderSettings,
@@ -36,6 +36,7 @@ from studio.stack.schema import (
     StrictModel,
     check_weight,
     json_object,
+    new_entry_id,
     parse_model,
     read_schedules,
 )
@@ -146,14 +147,10 @@ class PresetSource(LoraSource):
         return cls.model_validate(source.model_dump())
 
 
-def _new_entry_id() -> str:
-    return secrets.token_hex(4)
-
-
 class PresetEntry(StrictModel):
     """One entry of a preset: a LoRA (a source on at least one expert) or an unfilled slot."""
 
-    id: str = Field(default_factory=_new_entry_id, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    id: str = Field(default_factory=new_entry_id, pattern=ENTRY_ID_PATTERN)
     name: str = Field(min_length=1, max_length=200)
     role: Role | None = None
     high: PresetSource | None = None
