@@ -1,4 +1,4 @@
-"""8. Compiled mode on the CPU: eager vs compiled forwards, with and without LoRAs (``python -m bench.compiled``).
+"""12. Compiled mode on the CPU: eager vs compiled forwards, with and without LoRAs (``python -m bench.compiled``).
 
 One expert of the Wan2.1 1.3B block shape (dim 1536, ffn 8960; ``BENCH_COMPILED_LAYERS``
 layers, default 2) at 1,024 tokens, float32, inductor on the CPU. Variants, round-robin
@@ -18,7 +18,7 @@ import torch
 from bench import common
 from bench.subjects import WAN13_CONFIG, forward_inputs, random_transformer
 
-TITLE = "8. Compiled mode on the CPU (Wan2.1 1.3B block shape, 1,024 tokens, float32)"
+TITLE = "12. Compiled mode on the CPU (Wan2.1 1.3B block shape, 1,024 tokens, float32)"
 RANK, LORAS = 64, 4
 
 
@@ -81,6 +81,7 @@ def main() -> None:
         lora_ops.fuse(eager)
         fused = common.samples(lambda: run(eager), rounds)
         lora_ops.unfuse(eager)
+        lora_ops.set_adapter_weights(eager, {})  # the base again: did fusing leave the forward slower?
         base_again = common.samples(lambda: run(eager), rounds)
     base = common.median(times["eager base"])
     rows = [
