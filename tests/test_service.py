@@ -79,11 +79,16 @@ def test_cancel_only_stops_the_callers_render(studio, start_image):
         except RenderCancelled:
             outcome["alice"] = "cancelled"
 
+    assert not studio.rendering("alice") and studio.steps_run("alice") is None
     thread = threading.Thread(target=run)
     thread.start()
     assert started.wait(60)
+    assert studio.rendering("alice") and not studio.rendering("bob")
     assert studio.cancel("bob") is False  # bob has nothing running: alice's render goes on
-    assert studio.cancel("alice") is True
+    assert studio.cancel("alice", wait=60) is True  # returns once the render has stopped
+    assert not studio.rendering("alice")
+    done, total = studio.steps_run("alice")  # where it stopped, for the timeline
+    assert total == 200 and 1 <= done < 200
     thread.join(60)
     assert outcome == {"alice": "cancelled"}
     assert not list(studio.settings.outputs_dir.glob("*.mp4"))
