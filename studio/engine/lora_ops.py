@@ -80,7 +80,7 @@ from studio.engine.fuse import (
     render_forwards,
     unfuse,
 )
-from studio.engine.lora_slots import checked_factors, group_by_module
+from studio.engine.lora_state import checked_factors, group_by_module
 from studio.engine.lora_walk import adapter_names, group_offloaded, lora_layers, slots
 
 __all__ = [

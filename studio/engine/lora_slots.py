@@ -32,12 +32,14 @@ LoRA's scale in every module is its weight.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from studio.engine.lora_state import checked_factors, group_by_module
 
 __all__ = [
     "BANK_ATTR",
@@ -46,31 +48,11 @@ __all__ = [
     "SlotLinear",
     "SlotsFull",
     "bank_of",
-    "checked_factors",
-    "group_by_module",
     "install",
     "uninstall",
 ]
 
 BANK_ATTR = "_studio_lora_bank"
-LORA_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
-
-
-def checked_factors(
-    name: str, params: Mapping[str, torch.Tensor], in_features: int, out_features: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (down, up) factors of one module's LoRA, refused unless they fit an ``in → out`` Linear."""
-    a, b = params.get("lora_A.weight"), params.get("lora_B.weight")
-    if a is None or b is None:
-        raise ValueError(f"{name}: an incomplete LoRA pair (lora_A without lora_B or the other way round)")
-    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-        raise ValueError(f"{name}: LoRA factors of shapes {tuple(a.shape)} and {tuple(b.shape)} do not fit")
-    if a.shape[1] != in_features or b.shape[0] != out_features:
-        raise ValueError(
-            f"{name}: the LoRA is shaped for a {a.shape[1]}→{b.shape[0]} layer but the layer is "
-            f"{in_features}→{out_features}"
-        )
-    return a, b
 
 
 class SlotsFull(ValueError):
@@ -337,27 +319,6 @@ class LoraBank:
                 src_rows, src_bias = rows.to(device), bias.to(device)
                 torch._foreach_copy_([m.lora_scale for m in group], [src_rows] * len(group))
                 torch._foreach_copy_([m.bias_scale for m in group], [src_bias] * len(group))
-
-
-def group_by_module(
-    state_dict: Mapping[str, torch.Tensor], prefix: str | None, refuse: Callable[[str], Exception]
-) -> dict[str, dict[str, torch.Tensor]]:
-    """module name → {``lora_A.weight``, ``lora_B.weight``, ``lora_B.bias``} of a PEFT-layout state dict.
-
-    Keys outside ``prefix.`` are skipped; any other tensor raises ``refuse(key)``.
-    """
-    modules: dict[str, dict[str, torch.Tensor]] = {}
-    lead = f"{prefix}." if prefix else ""
-    for key, tensor in state_dict.items():
-        if lead:
-            if not key.startswith(lead):
-                continue
-            key = key[len(lead) :]
-        param = next((p for p in LORA_PARAMS if key.endswith("." + p)), None)
-        if param is None:
-            raise refuse(key)
-        modules.setdefault(key[: -len(param) - 1], {})[param] = tensor
-    return modules
 
 
 def _not_hotswappable(key: str) -> NotHotswappable:

@@ -289,7 +289,7 @@ def cancel_and_mark(studio: Studio, request: gr.Request, state, steps, shift, hi
     if not studio.cancel(session, wait=CANCEL_WAIT_S):
         return status("No render of yours is running.", "info"), gr.skip()
     ran = studio.steps_run(session) or (0, 0)
-    message = status(f"Render cancelled after step {ran[0]} of {ran[1]}; nothing was written.", "info")
+    message = status(str(RenderCancelled(steps_done=ran[0], total=ran[1])), "info")
     try:
         settings = settings_for_timeline(steps, shift, high_steps)
         done = ran[0] if ran[1] == settings.steps else 0

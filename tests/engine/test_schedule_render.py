@@ -204,6 +204,7 @@ def test_a_cancelled_scheduled_render_stops_between_steps(manager, start_image, 
             cancel=token,
         )
     assert (caught.value.steps_done, caught.value.total) == (2, 4)
+    assert str(caught.value) == "Render cancelled after step 2 of 4; nothing was written."
     assert seen == [(1, 1.0), (2, pytest.approx(2 / 3))]  # the ramp's first two weights, then it stopped
     after, _ = _render(manager, start_image, stack)
     fresh = PipelineManager(manager.settings, device="cpu")
