@@ -42,9 +42,8 @@ def fresh(tmp_path_factory, studio_cache, demo_model_dir, launch_studio):
 @pytest.fixture()
 def page(browser, fresh):
     with studio_page(browser, fresh[1]) as page:
-        expect(page.locator(LIBRARY_ROWS)).to_have_count(
-            3, timeout=60_000
-        )  # the page's load events answer first
+        # the page's load events answer first
+        expect(page.locator(LIBRARY_ROWS)).to_have_count(3, timeout=60_000)
         yield page
 
 
